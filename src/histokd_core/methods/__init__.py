@@ -1,0 +1,1 @@
+"""Distillation methods: one subpackage each (``amkd``, ``momkd``, ``subspace``, ``baselines``)."""

@@ -1,0 +1,1 @@
+"""Dock widgets; each is thin and calls histokd_core."""
