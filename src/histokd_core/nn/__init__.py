@@ -1,0 +1,1 @@
+"""Shared neural-network layers (attention, pathway MLP, GATv2 graph, deformable sampling, DPC-KNN)."""
