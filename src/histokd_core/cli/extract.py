@@ -1,0 +1,104 @@
+"""``histokd extract SLIDES... --out DIR``: patch features of many slides on dask.distributed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from histokd_core.errors import DataError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "extract",
+        help="extract patch features of slides into a feature store",
+        description=(
+            "Tile every slide (tissue patches at each magnification), encode the patches and write "
+            "one zarr group per slide under --out. One dask task per slide (a local cluster unless "
+            "--scheduler is given). Finished slides are skipped when run again; a bad slide is "
+            "reported and the others finish (exit code 1 when any failed)."
+        ),
+    )
+    p.add_argument("slides", nargs="+", type=Path, help="slide files, or folders of slides")
+    p.add_argument("--out", type=Path, required=True, help="feature store folder")
+    p.add_argument(
+        "--encoder",
+        default="efficientnet-lite0",
+        help="efficientnet-lite0 (default), hed-texture, timm:<arch>:<weights>, torchscript:<file>",
+    )
+    p.add_argument("--mpp", type=float, default=None, help="microns per level-0 pixel for slides without it")
+    p.add_argument("--magnifications", default="20x,10x", help="comma-separated, e.g. 20x,10x (default)")
+    p.add_argument("--patch-px", type=int, default=256, help="patch side in px (default 256)")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction 0..1 (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=64, help="patches per encoder call (default 64)")
+    p.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
+    p.add_argument("--workers", type=int, default=2, help="local dask worker processes (default 2; ignored with --scheduler)")
+    p.add_argument("--loader-workers", type=int, default=2, help="tile-reading processes per slide (default 2)")
+    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, mps")
+    p.add_argument("--overwrite", action="store_true", help="replace features made with another encoder")
+    return p
+
+
+def expand_slides(items: list[Path]) -> list[Path]:
+    """Files as given; folders replaced by the slide files they contain (sorted)."""
+    from histokd_core.features.store import SLIDE_EXTENSIONS
+
+    out: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS)
+            if not found:
+                raise DataError(f"{item}: folder holds no slide files ({', '.join(SLIDE_EXTENSIONS)})")
+            out.extend(found)
+        else:
+            out.append(item)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import distributed  # noqa: F401 - configures its loggers on import; quieten them after
+
+    from histokd_core.features.cohort_extract import extract_cohort
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    slides = expand_slides(args.slides)
+    mags = tuple(m.strip() for m in args.magnifications.split(",") if m.strip())
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(slides), unit="slide", desc="extract", file=sys.stderr)
+    except ImportError:  # pragma: no cover - tqdm ships with dask's dependencies
+        bar = None
+
+    def progress(done: int, total: int, slide_id: str, ok: bool) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{slide_id} {'ok' if ok else 'FAILED'}")
+            bar.update(1)
+        else:
+            print(f"[{done}/{total}] {slide_id} {'ok' if ok else 'FAILED'}", file=sys.stderr)
+
+    try:
+        report = extract_cohort(
+            slides,
+            args.out,
+            encoder=args.encoder,
+            magnifications=mags,
+            patch_px=args.patch_px,
+            mpp=args.mpp,
+            min_tissue=args.min_tissue,
+            batch_size=args.batch_size,
+            scheduler=args.scheduler,
+            n_workers=args.workers,
+            loader_workers=args.loader_workers,
+            device=args.device,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(report.summary())
+    print(f"features in {args.out}")
+    return 0 if report.ok else 1

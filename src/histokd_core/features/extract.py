@@ -1,0 +1,352 @@
+"""Extract patch features of one slide into the feature store, resumably.
+
+Tiles are read by a torch ``DataLoader`` whose worker processes each open the slide once and read
+patches in parallel with the model; the main process only encodes. For every requested
+magnification :func:`extract_slide` builds a tissue patch grid
+(:func:`histokd_core.slide.patch_grid`), encodes it and writes it atomically
+(:func:`histokd_core.features.store.write_slide_features`). Re-running skips a slide whose stored
+attributes (encoder id, weights hash, patch size) match and that is complete; after a crash only
+the magnifications not yet written are computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histokd_core.errors import DataError
+from histokd_core.features.encoders import PatchEncoder, get_encoder
+from histokd_core.features.store import (
+    IDENTITY_KEYS,
+    mag_to_mpp,
+    mark_complete,
+    read_slide_attrs,
+    slide_group_path,
+    slide_id_of,
+    write_slide_features,
+)
+
+log = logging.getLogger(__name__)
+
+#: ``progress(done, total)`` in patches over all magnifications still to compute.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class ExtractStats:
+    """Where the time of an extraction went (seconds).
+
+    Attributes
+    ----------
+    n_patches : patches encoded.
+    read_s : slide-read time summed over loader workers (decode + resize of every tile).
+    wait_s : time the model waited for tiles (the read bottleneck as seen by the main process).
+    encode_s : time spent in ``encoder.encode``.
+    wall_s : total wall time.
+    """
+
+    n_patches: int = 0
+    read_s: float = 0.0
+    wait_s: float = 0.0
+    encode_s: float = 0.0
+    wall_s: float = 0.0
+
+    def add(self, other: ExtractStats) -> None:
+        for name in ("n_patches", "read_s", "wait_s", "encode_s", "wall_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def patches_per_s(self) -> float:
+        return self.n_patches / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass
+class ExtractResult:
+    """Outcome of :func:`extract_slide`.
+
+    Attributes
+    ----------
+    slide_id, slide_path, group : the slide and its zarr group.
+    status : ``"done"`` (all computed now), ``"resumed"`` (some magnifications were already
+        stored) or ``"skipped"`` (complete with matching attributes).
+    n_patches : patches per magnification computed now.
+    stats : timings of what was computed now.
+    """
+
+    slide_id: str
+    slide_path: str
+    group: str
+    status: str
+    n_patches: dict[str, int] = field(default_factory=dict)
+    stats: ExtractStats = field(default_factory=ExtractStats)
+
+
+class TileDataset:
+    """Map-style dataset of the patches of one grid, read from the slide in each worker process.
+
+    Item ``i`` is ``(tile, seconds)``: ``tile`` a ``(patch_px, patch_px, 3)`` uint8 tensor read at
+    ``read_level`` from level-0 top-left ``coords[i]`` and resized (bilinear, antialiased) when the
+    read size differs, ``seconds`` the time it took.
+    """
+
+    def __init__(
+        self,
+        slide_path: str | os.PathLike,
+        coords: np.ndarray,
+        patch_size_level0: int,
+        read_level: int,
+        patch_px: int,
+        mpp: float | None = None,
+    ) -> None:
+        self.slide_path = str(slide_path)
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.patch_size_level0 = int(patch_size_level0)
+        self.read_level = int(read_level)
+        self.patch_px = int(patch_px)
+        self.mpp = mpp
+        self._slide = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def _open(self):
+        if self._slide is None or self._pid != os.getpid():
+            from histokd_core.slide import open_slide
+
+            self._slide = open_slide(self.slide_path, mpp=self.mpp)
+            self._pid = os.getpid()
+        return self._slide
+
+    def close(self) -> None:
+        """Close the slide opened in this process (loader workers close theirs on exit)."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_slide"] = None
+        state["_pid"] = None
+        return state
+
+    def __getitem__(self, index: int):
+        import dask
+        import torch
+        import torch.nn.functional as F
+
+        start = time.perf_counter()
+        slide = self._open()
+        ds = slide.level_downsamples[self.read_level]
+        size = max(1, int(round(self.patch_size_level0 / ds)))
+        x, y = (int(v) for v in self.coords[index])
+        with dask.config.set(scheduler="synchronous"):
+            region = slide.read_region((x, y), self.read_level, (size, size))
+        tile = torch.from_numpy(np.ascontiguousarray(region))
+        if size != self.patch_px:
+            t = tile.permute(2, 0, 1)[None].float()
+            t = F.interpolate(t, size=(self.patch_px, self.patch_px), mode="bilinear", antialias=True)
+            tile = t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8)
+        return tile, time.perf_counter() - start
+
+
+def loader_workers(requested: int) -> int:
+    """``requested`` loader processes, or 0 inside a daemonic process (which cannot have children)."""
+    if requested > 0 and multiprocessing.current_process().daemon:
+        log.info("running inside a daemonic process: reading tiles in the main process")
+        return 0
+    return max(0, int(requested))
+
+
+def loader_context():
+    """Multiprocessing context of the tile loader: ``forkserver`` where available, else ``spawn``.
+
+    Plain ``fork`` is unsafe here: zarr and dask keep background threads whose locks a forked
+    child would inherit held (a deadlock). The fork server imports torch and this module once,
+    so later loader processes start in milliseconds.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", __name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def encode_tiles(
+    dataset: TileDataset,
+    encoder: PatchEncoder,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, ExtractStats]:
+    """Encode every tile of ``dataset``: features ``(n, d)`` float32 and timings.
+
+    ``num_workers`` loader processes read tiles while the main process encodes the previous batch.
+    ``progress(n_done)`` is called after each batch; an exception it raises stops the extraction.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    wall = time.perf_counter()
+    stats = ExtractStats()
+    feats = np.empty((len(dataset), encoder.dim), dtype=np.float32)
+    if len(dataset) == 0:
+        return feats, stats
+    workers = loader_workers(num_workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        multiprocessing_context=loader_context() if workers else None,
+        prefetch_factor=4 if workers else None,
+        pin_memory=encoder.device.startswith("cuda") and torch.cuda.is_available(),
+    )
+    done = 0
+    tick = time.perf_counter()
+    try:
+        for tiles, seconds in loader:
+            stats.wait_s += time.perf_counter() - tick
+            stats.read_s += float(seconds.sum())
+            start = time.perf_counter()
+            out = encoder.encode(tiles.numpy())
+            stats.encode_s += time.perf_counter() - start
+            feats[done : done + len(out)] = out
+            done += len(out)
+            if progress is not None:
+                progress(done)
+            tick = time.perf_counter()
+    finally:
+        dataset.close()
+    stats.n_patches = done
+    stats.wall_s = time.perf_counter() - wall
+    return feats, stats
+
+
+def _reusable_mags(existing: dict[str, Any] | None, identity: dict[str, Any], group: Path) -> set[str]:
+    if existing is None:
+        return set()
+    if any(existing.get(k) != identity[k] for k in IDENTITY_KEYS):
+        return set()
+    return {m for m in existing.get("magnifications", []) if (group / m / "zarr.json").is_file()}
+
+
+def extract_slide(
+    slide_path: str | os.PathLike,
+    root: str | os.PathLike,
+    encoder: PatchEncoder | str = "efficientnet-lite0",
+    magnifications: Sequence[str] = ("20x", "10x"),
+    patch_px: int = 256,
+    mpp: float | None = None,
+    min_tissue: float = 0.5,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    slide_id: str | None = None,
+) -> ExtractResult:
+    """Extract the features of one slide into ``<root>/<slide_id>.zarr``.
+
+    Parameters
+    ----------
+    slide_path : whole-slide image.
+    root : feature store root directory.
+    encoder : a :class:`PatchEncoder` or an encoder spec for :func:`get_encoder`.
+    magnifications : names such as ``"20x"`` (0.5 um/px) and ``"10x"`` (1.0 um/px).
+    patch_px : patch side in px at each magnification.
+    mpp : microns per level-0 px, overriding/providing the slide metadata.
+    min_tissue : minimum tissue fraction of a kept patch (0..1).
+    batch_size : patches per encoder call.
+    num_workers : tile-reading processes (0: read in this process).
+    overwrite : replace stored features made with another encoder or patch size (otherwise
+        :class:`DataError`).
+    progress : ``progress(done, total)`` in patches; raising from it aborts cleanly.
+    slide_id : store name; default the file name without its slide extension.
+
+    Returns
+    -------
+    ExtractResult (``status`` ``"skipped"`` when complete features with matching attributes exist).
+    """
+    from histokd_core.slide import open_slide, patch_grid, tissue_mask
+
+    wall = time.perf_counter()
+    slide_path = Path(slide_path)
+    slide_id = slide_id or slide_id_of(slide_path)
+    if isinstance(encoder, str):
+        encoder = get_encoder(encoder)
+    mags = list(dict.fromkeys(magnifications))
+    if not mags:
+        raise DataError("extract_slide: no magnification requested")
+    for mag in mags:
+        mag_to_mpp(mag)
+    identity = {"encoder_id": encoder.id, "weights_hash": encoder.weights_hash, "patch_px": int(patch_px)}
+    group = slide_group_path(root, slide_id)
+    existing = read_slide_attrs(root, slide_id)
+    reusable = _reusable_mags(existing, identity, group)
+    if existing is not None and not reusable and existing.get("magnifications") and not overwrite:
+        raise DataError(
+            f"{group} holds features made with { {k: existing.get(k) for k in IDENTITY_KEYS} }, "
+            f"not {identity}; use another output folder or overwrite=True (--overwrite)"
+        )
+    todo = [m for m in mags if m not in reusable]
+    result = ExtractResult(slide_id, str(slide_path), str(group), "done")
+    if not todo:
+        if not existing.get("complete"):
+            mark_complete(root, slide_id)
+        result.status = "skipped"
+        log.info("%s: features complete in %s, skipped", slide_id, group)
+        return result
+    if reusable & set(mags):
+        result.status = "resumed"
+
+    with open_slide(slide_path, mpp=mpp) as slide:
+        slide_mpp = slide.require_mpp()
+        mask = tissue_mask(slide) if min_tissue > 0 else None
+        grids = {
+            m: patch_grid(slide, target_mpp=mag_to_mpp(m), patch_px=patch_px, min_tissue=min_tissue, mask=mask)
+            for m in todo
+        }
+        dimensions = [int(v) for v in slide.dimensions]
+    total = sum(len(g) for g in grids.values())
+    offset = 0
+    for i, mag in enumerate(todo):
+        grid = grids[mag]
+        dataset = TileDataset(slide_path, grid.coords, grid.patch_size_level0, grid.read_level, patch_px, mpp)
+
+        def report(n_done: int, base: int = offset) -> None:
+            if progress is not None:
+                progress(base + n_done, total)
+
+        feats, stats = encode_tiles(dataset, encoder, batch_size=batch_size, num_workers=num_workers, progress=report)
+        offset += len(grid)
+        attrs = {
+            **identity,
+            "feat_dim": encoder.dim,
+            "mpp": slide_mpp,
+            "slide_path": str(slide_path.resolve()),
+            "slide_dimensions": dimensions,
+            "min_tissue": float(min_tissue),
+            "target_mpp": grid.target_mpp,
+            "patch_size_level0": grid.patch_size_level0,
+            "stride_level0": grid.stride_level0,
+            "read_level": grid.read_level,
+            "complete": False,
+        }
+        write_slide_features(root, slide_id, mag, feats, grid.coords, attrs, overwrite=overwrite and i == 0)
+        result.n_patches[mag] = len(grid)
+        result.stats.add(stats)
+        log.info(
+            "%s %s: %d patches, %.1f patches/s (read %.1fs, encode %.1fs)",
+            slide_id, mag, len(grid), stats.patches_per_s, stats.read_s, stats.encode_s,
+        )
+    mark_complete(root, slide_id)
+    result.stats.wall_s = time.perf_counter() - wall
+    return result
