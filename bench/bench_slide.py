@@ -1,0 +1,233 @@
+"""Benchmark lazy whole-slide access on a synthetic pyramid (issue 2).
+
+Measures, on an N x N synthetic JPEG pyramid (default 50 000 px):
+1. time to write the slide (bounded memory, tile by tile);
+2. time to open it and read the first screen-sized view at the lowest resolution;
+3. random 512 x 512 reads per second at level 0 through the dask pyramid vs
+   ``TiffSlide.read_region`` (same locations), and their ratio;
+4. peak RSS while panning screen by screen across the whole of a level (default level 0),
+   which must stay bounded (it does not grow with the slide size).
+
+Usage: ``python bench/bench_slide.py [--size 50000] [--reads 300] [--pan-level 0] [--keep DIR]``.
+Timings on a shared machine are noisy; run it alone for numbers you report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import tiffslide  # noqa: F401 - imported up front so "open slide" times the open, not imports
+
+from histokd_core.slide import open_slide
+from histokd_core.synthetic import write_synthetic_slide
+
+SCREEN_WH = (1920, 1080)
+
+
+def rss_mib() -> tuple[float, float]:
+    """Current and peak resident set size of this process (MiB), from /proc."""
+    values = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); ignored elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def bench_open_first_view(path: Path) -> dict:
+    t0 = time.perf_counter()
+    slide = open_slide(path)
+    t_open = time.perf_counter() - t0
+    level = slide.level_count - 1
+    lw, lh = slide.level_dimensions[level]
+    w, h = min(lw, SCREEN_WH[0]), min(lh, SCREEN_WH[1])
+    t1 = time.perf_counter()
+    view = slide.levels[level][:h, :w].compute()
+    t_view = time.perf_counter() - t1
+    slide.close()
+    return {"open_s": t_open, "first_view_s": t_view, "level": level, "view_shape": view.shape}
+
+
+def bench_random_reads(
+    path: Path, n: int, size: int = 512, seed: int = 0, rounds: int = 3
+) -> dict:
+    from tiffslide import TiffSlide
+
+    slide = open_slide(path)
+    ts = TiffSlide(path)
+    w, h = slide.dimensions
+    rng = random.Random(seed)
+    locs = [(rng.randrange(0, w - size), rng.randrange(0, h - size)) for _ in range(n)]
+    level0 = slide.levels[0]
+
+    def dask_read(x, y):
+        return level0[y : y + size, x : x + size].compute()
+
+    def dask_read_sync(x, y):
+        return level0[y : y + size, x : x + size].compute(scheduler="synchronous")
+
+    per_tile = da.from_zarr(ts.zarr_group["0"])  # one dask chunk per TIFF tile, not inlined
+
+    def dask_read_per_tile(x, y):
+        return per_tile[y : y + size, x : x + size].compute()
+
+    def slide_read(x, y):
+        return slide.read_region((x, y), 0, (size, size))
+
+    def ts_read(x, y):
+        return ts.read_region((x, y), 0, (size, size), as_array=True)
+
+    for x, y in locs[:5]:  # equality check
+        assert np.array_equal(dask_read(x, y), ts_read(x, y))
+    for x, y in locs:  # warm the OS page cache so no reader pays for the first disk reads
+        ts_read(x, y)
+    readers = {
+        "tiffslide": ts_read,
+        "dask": dask_read,
+        "dask_sync": dask_read_sync,
+        "dask_per_tile": dask_read_per_tile,
+        "slide_read_region": slide_read,
+    }
+    # best of `rounds` interleaved rounds: the machine is shared, so take each reader's best
+    results = dict.fromkeys(readers, 0.0)
+    for _ in range(rounds):
+        for name, fn in readers.items():
+            subset = locs[: max(10, n // 5)] if name == "dask_per_tile" else locs  # it is slow
+            t0 = time.perf_counter()
+            for x, y in subset:
+                fn(x, y)
+            results[name] = max(results[name], len(subset) / (time.perf_counter() - t0))
+    ts.close()
+    slide.close()
+    return results
+
+
+def bench_pan(path: Path, level: int) -> dict:
+    """Read every screen-sized window of ``level`` in raster order; track RSS."""
+    slide = open_slide(path)
+    arr = slide.levels[level]
+    lh, lw = arr.shape[:2]
+    sw, sh = SCREEN_WH
+    reset_peak_rss()
+    rss0, _ = rss_mib()
+    samples = []
+    n = 0
+    t0 = time.perf_counter()
+    for y in range(0, lh, sh):
+        for x in range(0, lw, sw):
+            arr[y : y + sh, x : x + sw].compute()
+            n += 1
+        samples.append(rss_mib()[0])
+    elapsed = time.perf_counter() - t0
+    _, peak = rss_mib()
+    slide.close()
+    return {
+        "level": level,
+        "level_shape": (lh, lw),
+        "screens": n,
+        "seconds": elapsed,
+        "mpx_per_s": lh * lw / 1e6 / elapsed,
+        "rss_start_mib": rss0,
+        "rss_peak_mib": max(peak, max(samples)),
+        "rss_end_mib": samples[-1],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=50_000, help="slide side in px (default 50000)")
+    p.add_argument("--reads", type=int, default=200, help="random 512x512 reads per round")
+    p.add_argument("--pan-level", type=int, default=0, help="level panned across (default 0)")
+    p.add_argument("--keep", type=Path, help="directory to keep (and reuse) the slide in")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    tmp = None
+    directory = args.keep
+    if directory is None:
+        tmp = tempfile.TemporaryDirectory(prefix="histokd-bench-")
+        directory = Path(tmp.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"bench_{args.size}_seed{args.seed}.tif"
+    rows: list[tuple[str, str]] = []
+    try:
+        if path.exists():
+            rows.append(("write slide", "reused existing file"))
+        else:
+            t0 = time.perf_counter()
+            info = write_synthetic_slide(path, (args.size, args.size), mpp=0.5, seed=args.seed)
+            dt = time.perf_counter() - t0
+            rate = args.size**2 / 1e6 / dt
+            levels = len(info.level_dimensions)
+            rows.append(("write slide", f"{dt:.1f} s ({rate:.1f} Mpx/s, {levels} levels)"))
+        rows.append(("file size", f"{path.stat().st_size / 2**20:.0f} MiB"))
+        _, peak_write = rss_mib()
+        rows.append(("peak RSS so far (incl. writing)", f"{peak_write:.0f} MiB"))
+
+        first = bench_open_first_view(path)
+        rows.append(("open slide", f"{1000 * first['open_s']:.1f} ms"))
+        rows.append((
+            f"first screen at lowest resolution (level {first['level']}, "
+            f"{first['view_shape'][1]}x{first['view_shape'][0]})",
+            f"{1000 * first['first_view_s']:.1f} ms",
+        ))
+        reads = bench_random_reads(path, args.reads, seed=args.seed)
+        labels = {
+            "tiffslide": "TiffSlide.read_region",
+            "dask": "Slide.levels[0] (dask), threads",
+            "dask_sync": "Slide.levels[0] (dask), synchronous",
+            "dask_per_tile": "plain da.from_zarr (chunk = tile)",
+            "slide_read_region": "Slide.read_region (zarr direct)",
+        }
+        for key, label in labels.items():
+            ratio = reads[key] / reads["tiffslide"]
+            value = f"{reads[key]:.1f} (ratio {ratio:.2f})"
+            rows.append((f"random 512x512 reads/s, {label}", value))
+        with dask.config.set(scheduler="threads"):
+            pan = bench_pan(path, args.pan_level)
+        lh, lw = pan["level_shape"]
+        rows.append((
+            f"pan level {pan['level']} ({lw}x{lh}, {pan['screens']} screens)",
+            f"{pan['seconds']:.1f} s ({pan['mpx_per_s']:.0f} Mpx/s)",
+        ))
+        rows.append((
+            "RSS while panning: start / peak / end",
+            f"{pan['rss_start_mib']:.0f} / {pan['rss_peak_mib']:.0f} / "
+            f"{pan['rss_end_mib']:.0f} MiB "
+            f"(level is {lh * lw * 3 / 2**20:.0f} MiB decoded)",
+        ))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    width = max(len(k) for k, _ in rows)
+    cpus = os.cpu_count()
+    print(f"bench_slide: {args.size} x {args.size} px synthetic JPEG pyramid, {cpus} CPUs")
+    print(f"| {'measure'.ljust(width)} | value |")
+    print(f"|{'-' * (width + 2)}|-------|")
+    for k, v in rows:
+        print(f"| {k.ljust(width)} | {v} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Open whole-slide images with tiffslide and expose them as lazy dask pyramids.
+
+``open_slide`` turns every failure (missing, empty, truncated, corrupt or non-TIFF file) into a
+:class:`~histokd_core.errors.SlideError` naming the file. A slide without microns-per-pixel still
+opens for viewing (pixel units, :class:`MissingMppWarning`, ``metadata()["mpp_missing"]``);
+operations that need physical units call :meth:`Slide.require_mpp`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from histokd_core.errors import MissingMppError, SlideError
+from histokd_core.slide import pyramid
+
+
+_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"PK\x03\x04": "a ZIP archive",
+    b"%PDF": "a PDF document",
+    b"BM": "a BMP image",
+}
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class MissingMppWarning(UserWarning):
+    """The slide has no microns-per-pixel metadata; it is shown in pixel units."""
+
+
+def looks_like_tiff(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file whose first bytes are a TIFF or BigTIFF header."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def _sniff(path: Path) -> None:
+    """Raise SlideError unless ``path`` is a non-empty file starting with a TIFF header."""
+    if not path.exists():
+        raise SlideError(f"{path}: no such file")
+    if not path.is_file():
+        raise SlideError(f"{path}: not a file (expected a whole-slide image such as .svs or .tif)")
+    size = path.stat().st_size
+    if size == 0:
+        raise SlideError(f"{path}: the file is empty (0 bytes); expected a whole-slide image")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head[:4] in _TIFF_MAGIC:
+        if size < 16:
+            raise SlideError(f"{path}: truncated TIFF ({size} bytes)")
+        return
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            raise SlideError(
+                f"{path}: this is {what}, not a whole-slide image (expected a TIFF-based slide "
+                "such as Aperio .svs, pyramidal .tif, .ndpi or .scn)"
+            )
+    raise SlideError(
+        f"{path}: not a TIFF-based whole-slide image (the file does not start with a TIFF header)"
+    )
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+class Slide:
+    """A whole-slide image with lazy dask levels. Create it with :func:`open_slide`.
+
+    Attributes
+    ----------
+    path : the file.
+    levels : ``(h, w, 3)`` uint8 dask arrays, finest first. The first ``native_level_count``
+        are the file's own levels (chunks = TIFF tiles); the rest are lazy 2x box-mean overviews.
+    level_dimensions : ``(width, height)`` px of each entry of ``levels``.
+    level_downsamples : level-0 px per level px of each entry of ``levels``.
+    mpp : microns per level-0 pixel, or ``None`` when unknown.
+    magnification : objective power; from the metadata, else estimated as ``10 / mpp``.
+    """
+
+    def __init__(self, path: Path, tiffslide_obj, mpp: float | None = None) -> None:
+        self.path = path
+        self._ts = tiffslide_obj
+        props = dict(tiffslide_obj.properties)
+        self.properties: dict[str, Any] = props
+        self.vendor: str | None = props.get("tiffslide.vendor")
+        group = tiffslide_obj.zarr_group
+        self.native_level_count: int = int(tiffslide_obj.level_count)
+        arrays = [group[str(i)] for i in range(self.native_level_count)]
+        native = [pyramid.as_rgb_level(a) for a in arrays]
+        # RGB levels stored as (h, w, 3) are read directly (one zarr call decodes all tiles
+        # concurrently); other layouts and lazy overview levels go through dask
+        self._direct = {i: a for i, a in enumerate(arrays) if a.ndim == 3 and a.shape[-1] == 3}
+        for i, level in enumerate(native):
+            if level.dtype != np.uint8:
+                raise SlideError(
+                    f"{path}: level {i} has pixel type {level.dtype}; "
+                    "expected 8-bit RGB brightfield"
+                )
+        self.levels: list[da.Array] = pyramid.with_overview_levels(native)
+        self.level_dimensions: list[tuple[int, int]] = [
+            (int(a.shape[1]), int(a.shape[0])) for a in self.levels
+        ]
+        self.dimensions: tuple[int, int] = self.level_dimensions[0]
+        self.level_downsamples: list[float] = [
+            pyramid.level_downsample(self.dimensions, wh) for wh in self.level_dimensions
+        ]
+        self.tile_size: tuple[int, int] = (int(native[0].chunksize[1]), int(native[0].chunksize[0]))
+
+        file_mpp = _float_or_none(props.get("tiffslide.mpp-x"))
+        file_mpp_y = _float_or_none(props.get("tiffslide.mpp-y"))
+        if mpp is not None:
+            if _float_or_none(mpp) is None:
+                raise SlideError(
+                    f"{path}: mpp must be a positive number of microns per pixel, got {mpp!r}"
+                )
+            self.mpp: float | None = float(mpp)
+            self.mpp_source: str | None = "user"
+        elif file_mpp is not None:
+            self.mpp, self.mpp_source = file_mpp, "metadata"
+        else:
+            self.mpp, self.mpp_source = None, None
+            message = (
+                f"{path.name}: no microns-per-pixel (mpp) in the slide metadata; showing it in "
+                "pixel units. Tiling and feature extraction need --mpp."
+            )
+            warnings.warn(message, MissingMppWarning, stacklevel=3)
+        self.mpp_y: float | None = float(mpp) if mpp is not None else (file_mpp_y or file_mpp)
+
+        objective = _float_or_none(props.get("tiffslide.objective-power"))
+        self.magnification_estimated = objective is None and self.mpp is not None
+        self.magnification: float | None = objective if objective is not None else (
+            round(10.0 / self.mpp, 2) if self.mpp is not None else None
+        )
+
+    # -- openslide-like API -------------------------------------------------------------
+    @property
+    def level_count(self) -> int:
+        """Number of entries in ``levels`` (native plus lazy overview levels)."""
+        return len(self.levels)
+
+    @property
+    def mpp_missing(self) -> bool:
+        return self.mpp is None
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample does not exceed ``downsample``."""
+        return pyramid.best_level_for_downsample(self.level_downsamples, downsample)
+
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read ``size = (w, h)`` px of ``level`` whose top-left is level-0 ``location = (x, y)``.
+
+        Same convention as openslide/tiffslide (location divided by the level downsample,
+        truncated); pixels outside the slide are 0. Returns ``(h, w, 3)`` uint8. Native levels
+        are read straight from the zarr store (as fast as ``TiffSlide.read_region``), lazy
+        overview levels through their dask graph.
+        """
+        if not 0 <= level < self.level_count:
+            raise SlideError(
+                f"{self.path}: level {level} does not exist (0..{self.level_count - 1})"
+            )
+        w, h = (int(v) for v in size)
+        ds = self.level_downsamples[level]
+        x0, y0 = int(int(location[0]) / ds), int(int(location[1]) / ds)
+        lw, lh = self.level_dimensions[level]
+        out = np.zeros((h, w, 3), dtype=np.uint8)
+        cx0, cy0 = max(x0, 0), max(y0, 0)
+        cx1, cy1 = min(x0 + w, lw), min(y0 + h, lh)
+        if cx1 > cx0 and cy1 > cy0:
+            source = self._direct.get(level)
+            if source is not None:
+                block = source[cy0:cy1, cx0:cx1]
+            else:
+                block = self.levels[level][cy0:cy1, cx0:cx1].compute()
+            out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = block
+        return out
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """An ``(h, w, 3)`` uint8 overview whose longer side is at most ``max_size`` px.
+
+        Reads the coarsest level that is still at least ``max_size`` px (never level 0 of a
+        pyramid), then resizes with anti-aliasing.
+        """
+        from skimage.transform import resize
+
+        idx = 0
+        for i, (w, h) in enumerate(self.level_dimensions):
+            if max(w, h) >= max_size:
+                idx = i
+        image = self.levels[idx].compute()
+        scale = max_size / max(image.shape[:2])
+        if scale >= 1:
+            return image
+        shape = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)), 3)
+        small = resize(image, shape, anti_aliasing=True, preserve_range=True)
+        return (small + 0.5).astype(np.uint8)
+
+    def require_mpp(self) -> float:
+        """Microns per pixel, or :class:`MissingMppError` explaining how to provide it."""
+        if self.mpp is None:
+            raise MissingMppError(
+                f"{self.path}: the slide has no microns-per-pixel (mpp) metadata, so patches "
+                "cannot be sized in microns. Pass it explicitly, e.g. `histokd tile "
+                f"{self.path.name} --mpp 0.25` (0.25 um/px = 40x, 0.5 um/px = 20x), or "
+                "open_slide(path, mpp=...) in Python."
+            )
+        return self.mpp
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-serialisable description (used as napari ``layer.metadata``)."""
+        return {
+            "path": str(self.path),
+            "vendor": self.vendor,
+            "dimensions": list(self.dimensions),
+            "mpp": self.mpp,
+            "mpp_y": self.mpp_y,
+            "mpp_source": self.mpp_source,
+            "mpp_missing": self.mpp is None,
+            "magnification": self.magnification,
+            "magnification_estimated": self.magnification_estimated,
+            "native_level_count": self.native_level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "tile_size": list(self.tile_size),
+            "properties": {
+                k: v
+                for k, v in self.properties.items()
+                if v is None or isinstance(v, (str, int, float, bool))
+            },
+        }
+
+    def close(self) -> None:
+        self._ts.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Slide({self.path.name!r}, dimensions={self.dimensions}, levels={self.level_count} "
+            f"({self.native_level_count} native), mpp={self.mpp})"
+        )
+
+
+def _check_tile_offsets(path: Path, tiff) -> None:
+    """Raise SlideError when a level's tile data lies beyond the end of the file (truncation)."""
+    size = path.stat().st_size
+    for series in tiff.series[:1]:
+        for level_index, level in enumerate(series.levels):
+            for page in level.pages:
+                offsets = getattr(page, "dataoffsets", None)
+                counts = getattr(page, "databytecounts", None)
+                if not offsets or not counts:
+                    continue
+                end = max(int(o) + int(c) for o, c in zip(offsets, counts) if c)
+                if end > size:
+                    raise SlideError(
+                        f"{path}: the file is truncated ({size} bytes, but level {level_index} "
+                        f"needs data up to byte {end}); re-copy or re-download it"
+                    )
+
+
+def _probe(slide: Slide) -> None:
+    """Decode the first and the last pixel of every native level (one tile each).
+
+    Catches corrupt or undecodable tile data (e.g. a missing codec) at open time.
+    """
+    for i in range(slide.native_level_count):
+        level = slide.levels[i]
+        level[:1, :1].compute()
+        level[-1:, -1:].compute()
+
+
+def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
+    """Open a whole-slide image (anything tiffslide reads: SVS, pyramidal TIFF, NDPI, SCN...).
+
+    Parameters
+    ----------
+    path : slide file.
+    mpp : microns per level-0 pixel; overrides (or supplies missing) metadata.
+
+    Raises
+    ------
+    SlideError
+        The file is missing, empty, truncated, corrupt or not a slide (the message names it).
+    """
+    from tiffslide import TiffSlide
+
+    path = Path(path)
+    _sniff(path)
+    ts = None
+    try:
+        ts = TiffSlide(path)
+        _check_tile_offsets(path, ts.ts_tifffile)
+        slide = Slide(path, ts, mpp=mpp)
+        _probe(slide)
+    except SlideError:
+        if ts is not None:
+            ts.close()
+        raise
+    except Exception as exc:  # tifffile/tiffslide/imagecodecs raise many types; name the file
+        if ts is not None:
+            try:
+                ts.close()
+            except Exception:  # noqa: BLE001 - the original error matters, not this one
+                pass
+        raise SlideError(
+            f"{path}: cannot be read as a whole-slide image ({type(exc).__name__}: {exc}); "
+            "the file may be corrupt, truncated or in an unsupported format"
+        ) from exc
+    return slide
