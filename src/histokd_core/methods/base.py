@@ -163,6 +163,15 @@ class KDModel(nn.Module):
         """Inference on one bag. Must not read ``bag.omics`` unless ``needs_omics``."""
         raise NotImplementedError
 
+    def prepare(self, train_bags: Sequence[Bag], seed: int = 0) -> None:
+        """Called once by the trainer before the first epoch (e.g. MoMKD's k-means memory init)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer at the start of every epoch (0-based), e.g. for warm-up schedules."""
+
+    def after_backward(self, bags: Sequence[Bag]) -> None:
+        """Called after ``loss.backward()`` and before the optimiser step (e.g. gradient surgery)."""
+
     def explain(self, bag: Bag) -> Explanation:
         """Per-patch maps for overlays; the default gives the attention of :meth:`predict`."""
         with torch.no_grad():

@@ -1,0 +1,15 @@
+"""Survival analysis: Cox and discrete-time losses, C-index, Kaplan-Meier curves and log-rank."""
+
+from histokd_core.survival.km import KMResult, km_logrank, plot_km
+from histokd_core.survival.losses import cox_nll, discrete_nll, discrete_risk
+from histokd_core.survival.metrics import c_index
+
+__all__ = [
+    "KMResult",
+    "c_index",
+    "cox_nll",
+    "discrete_nll",
+    "discrete_risk",
+    "km_logrank",
+    "plot_km",
+]

@@ -1,0 +1,332 @@
+"""Cross-validation runner: every stage of a method on every fold, checkpoints, metrics, KM plot.
+
+Run directory layout::
+
+    RUN_DIR/config.yaml                 method, method config, train config, folds, task
+    RUN_DIR/fold_<i>/<stage>.safetensors  trained weights (+ <stage>.json metadata)
+    RUN_DIR/fold_<i>/<stage>.state.safetensors  resumable state while a stage trains
+    RUN_DIR/fold_<i>/predictions.csv    test predictions of every reported stage
+    RUN_DIR/metrics.json                test metrics per fold and their summary
+    RUN_DIR/history.json                per-epoch training/validation history
+    RUN_DIR/history.png                 training curves (loss, validation metric, memory diagnostics)
+    RUN_DIR/km.png                      Kaplan-Meier of the student's pooled test risk (survival)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from histokd_core import __version__
+from histokd_core.errors import HistoKDError
+from histokd_core.io import atomic_write_text
+from histokd_core.methods.base import KDModel
+from histokd_core.survival.km import km_logrank, plot_km
+from histokd_core.train.callbacks import Callback, CancelToken, Progress
+from histokd_core.train.checkpoint import (
+    load_model_state,
+    make_config,
+    model_state,
+    read_checkpoint,
+    resolve_method,
+    save_checkpoint,
+    to_jsonable,
+)
+from histokd_core.train.evaluation import Outputs, predict_bags, score
+from histokd_core.train.plots import plot_history
+from histokd_core.train.trainer import TrainConfig, Trainer, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+#: train-config fields that may differ when a run is resumed (they do not change the result).
+_RESUME_FREE = ("device", "num_threads")
+
+
+class RunDirError(HistoKDError):
+    """The run directory holds something else than a resumable run of the same configuration."""
+
+
+@dataclass
+class RunResult:
+    """``run_dir`` and the content of its ``metrics.json``."""
+
+    run_dir: Path
+    metrics: dict
+
+
+def summarize(task: str, folds: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and (population) standard deviation over folds of each model's test metrics."""
+    keys = ("c_index",) if task == "survival" else ("auc", "acc", "f1")
+    models: list[str] = []
+    for fold in folds:
+        models += [m for m in fold["test"] if m not in models]
+    out: dict[str, dict[str, float]] = {}
+    for model in models:
+        out[model] = {}
+        for key in keys:
+            values = np.array(
+                [f["test"][model][key] for f in folds if model in f["test"]], dtype=np.float64
+            )
+            values = values[np.isfinite(values)]
+            mean = float(values.mean()) if values.size else math.nan
+            std = float(values.std()) if values.size else math.nan
+            if task == "survival" or key == "auc":
+                out[model][f"{key}_mean"], out[model][f"{key}_std"] = mean, std
+            else:
+                out[model][f"{key}_mean"] = mean
+    return out
+
+
+def _run_config(
+    method: str, config, task: str, train_config: TrainConfig, folds: list[int]
+) -> dict:
+    return to_jsonable(
+        {
+            "method": method,
+            "method_config": config,
+            "task": task,
+            "train_config": train_config,
+            "folds": folds,
+            "package_version": __version__,
+        }
+    )
+
+
+def _same_run(old: dict, new: dict) -> bool:
+    def strip(c: dict) -> dict:
+        c = dict(c)
+        c.pop("package_version", None)
+        c["train_config"] = {k: v for k, v in c["train_config"].items() if k not in _RESUME_FREE}
+        return c
+
+    return strip(old) == strip(new)
+
+
+def prepare_run_dir(out_dir: Path, run_config: dict, resume: bool) -> None:
+    """Create ``out_dir`` or accept it as a resumable run of the same configuration."""
+    cfg_path = out_dir / "config.yaml"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not cfg_path.is_file():
+            raise RunDirError(
+                f"{out_dir} exists and is not a histokd run directory; choose another --out"
+            )
+        try:
+            old = yaml.safe_load(cfg_path.read_text())
+        except yaml.YAMLError as exc:
+            raise RunDirError(f"{cfg_path}: unreadable ({exc})") from None
+        if not isinstance(old, dict) or not _same_run(old, run_config):
+            raise RunDirError(
+                f"{out_dir} holds a run with another configuration ({cfg_path}); "
+                "refusing to overwrite it: choose another --out"
+            )
+        if not resume:
+            raise RunDirError(f"{out_dir} already holds this run; pass --resume to continue it")
+        log.info("resuming run in %s", out_dir)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, yaml.safe_dump(run_config, sort_keys=False))
+
+
+def _stage_meta(method: str, config, stage: str, fold: int, info, train_config) -> dict:
+    return {
+        "method": method,
+        "method_config": config,
+        "stage": stage,
+        "fold": fold,
+        "task": info.task,
+        "data_info": info,
+        "encoder_id": info.encoder_id,
+        "train_config": train_config,
+    }
+
+
+def _write_predictions(path: Path, outputs: dict[str, Outputs], task: str) -> None:
+    lines = [
+        "model,case_id,time,event,label," + ("risk" if task == "survival" else "prob_positive")
+    ]
+    for name, out in outputs.items():
+        for i, case in enumerate(out.case_ids):
+            value = out.risk[i] if task == "survival" else out.probs[i, -1]
+            lines.append(f"{name},{case},{out.time[i]},{out.event[i]},{out.label[i]},{value:.6g}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def pick_km_model(names: Sequence[str], needs_omics: dict[str, bool]) -> str | None:
+    """The model whose risk the KM plot shows: ``student`` when reported, else the first slide-only
+    reported model, else the first one."""
+    if "student" in names:
+        return "student"
+    slide_only = [n for n in names if not needs_omics.get(n, False)]
+    return (slide_only or list(names) or [None])[0]
+
+
+def pooled_km(outputs: Sequence[Outputs], path: Path, title: str) -> float:
+    """Median split within each fold, groups pooled over folds, log-rank; writes the KM plot and
+    returns the p-value."""
+    time = np.concatenate([o.time for o in outputs])
+    event = np.concatenate([o.event for o in outputs])
+    centred = np.concatenate([o.risk - np.median(o.risk) for o in outputs])
+    result = km_logrank(time, event, centred, threshold=0.0)
+    plot_km(result, path, title=title)
+    return result.p_value
+
+
+def run_cv(
+    method_name: str,
+    method_config: Any,
+    data,
+    out_dir: str | os.PathLike,
+    train_config: TrainConfig | None = None,
+    folds: Sequence[int] | None = None,
+    callbacks: Sequence[Callback] = (),
+    *,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """Cross-validate a method: for each fold, train its stages in order and test the reported ones.
+
+    Parameters
+    ----------
+    method_name : registry name (``amkd``, ``momkd``, ``subspace``) or dotted module path of a
+        method module (``histokd_core.methods.baselines``).
+    method_config : the method's ``Config`` or a dict of its fields (None = defaults).
+    data : a ``CohortData``-like object: ``fold(i) -> FoldData(train, val, test, info)`` and
+        ``n_folds``.
+    out_dir : run directory (created; an existing one must be this run and ``resume`` set).
+    train_config : :class:`TrainConfig` (defaults when None).
+    folds : fold indices to run (default all).
+    callbacks, cancel : as :meth:`Trainer.fit`; cancelling keeps finished stages and the last
+        epoch state, so ``resume=True`` continues where it stopped.
+
+    Returns
+    -------
+    :class:`RunResult` with the ``metrics.json`` content.
+    """
+    train_config = train_config or TrainConfig()
+    token = CancelToken(cancel)
+    module = resolve_method(method_name)
+    config = make_config(module, method_config)
+    stage_list = module.stages(config)
+    folds = list(range(int(data.n_folds))) if folds is None else [int(f) for f in folds]
+    if not folds:
+        raise HistoKDError("no folds to run")
+    first = data.fold(folds[0])
+    task = first.info.task
+    if task not in module.TASKS:
+        raise HistoKDError(
+            f"method {method_name!r} supports {list(module.TASKS)}, not task {task!r}"
+        )
+    out_dir = Path(out_dir)
+    prepare_run_dir(out_dir, _run_config(method_name, config, task, train_config, folds), resume)
+    device = resolve_device(train_config.device)
+
+    fold_entries: list[dict] = []
+    history: dict[str, dict[str, list]] = {}
+    km_outputs: list[Outputs] = []
+    km_name = None
+    trainer = Trainer()
+    for fold_no, fold in enumerate(folds):
+        fd = first if fold_no == 0 else data.fold(fold)
+        fold_dir = out_dir / f"fold_{fold}"
+        fold_dir.mkdir(exist_ok=True)
+        for cb in callbacks:
+            cb.on_fold_start(fold, len(folds))
+        trained: dict[str, KDModel] = {}
+        test: dict[str, dict[str, float]] = {}
+        outputs: dict[str, Outputs] = {}
+        history[f"fold_{fold}"] = {}
+        for stage_no, stage in enumerate(stage_list):
+            missing = [r for r in stage.requires if r not in trained]
+            if missing:
+                raise HistoKDError(
+                    f"stage {stage.name!r} requires {missing}, not trained before it"
+                )
+            # initial weights depend only on (seed, fold, stage): a resumed run rebuilds them alike
+            seed_everything(train_config.seed + 1000 * fold + stage_no)
+            model = stage.build(fd.info, dict(trained))
+            meta = _stage_meta(method_name, config, stage.name, fold, fd.info, train_config)
+            final = fold_dir / f"{stage.name}.safetensors"
+            state = fold_dir / f"{stage.name}.state.safetensors"
+            if final.exists():
+                tensors, done = read_checkpoint(final)
+                load_model_state(model, tensors, str(final))
+                model.to(device)
+                history[f"fold_{fold}"][stage.name] = done.get("history", [])
+                log.info("fold %d %s: already trained (%s)", fold, stage.name, final)
+            else:
+                progress = Progress(
+                    stage=stage.name,
+                    epoch=0,
+                    n_epochs=train_config.epochs,
+                    fold=fold,
+                    n_folds=len(folds),
+                )
+                result = trainer.fit(
+                    model,
+                    fd.train,
+                    fd.val,
+                    train_config,
+                    callbacks,
+                    cancel=token,
+                    state_path=state,
+                    state_meta=meta,
+                    progress=progress,
+                )
+                history[f"fold_{fold}"][stage.name] = result.history
+                save_checkpoint(
+                    final,
+                    model_state(model),
+                    {
+                        **meta,
+                        "kind": "model",
+                        "epoch": result.best_epoch,
+                        "epochs_run": result.epochs_run,
+                        "best_score": result.best_score,
+                        "monitor": result.monitor,
+                        "history": result.history,
+                    },
+                )
+                state.unlink(missing_ok=True)
+                state.with_suffix(".json").unlink(missing_ok=True)
+            model.eval()
+            model.requires_grad_(False)
+            trained[stage.name] = model
+            if stage.report:
+                token.check(f"fold {fold} testing {stage.name}")
+                outputs[stage.name] = predict_bags(model, fd.test, device)
+                test[stage.name] = score(outputs[stage.name], task)
+        if outputs:
+            _write_predictions(fold_dir / "predictions.csv", outputs, task)
+        if task == "survival":
+            km_name = pick_km_model(list(outputs), {n: trained[n].needs_omics for n in outputs})
+            if km_name is not None:
+                km_outputs.append(outputs[km_name])
+        fold_entries.append({"fold": fold, "test": test})
+        for cb in callbacks:
+            cb.on_fold_end(fold, test)
+
+    metrics = {
+        "method": method_name,
+        "task": task,
+        "folds": fold_entries,
+        "summary": summarize(task, fold_entries),
+    }
+    metrics = to_jsonable(metrics)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    history = to_jsonable(history)
+    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1) + "\n")
+    plot_history(history, out_dir / "history.png")
+    if km_outputs:
+        p = pooled_km(km_outputs, out_dir / "km.png", f"{method_name} {km_name}: pooled test folds")
+        log.info("KM plot written (%s, log-rank p = %.3g)", km_name, p)
+    return RunResult(out_dir, metrics)

@@ -1,0 +1,177 @@
+"""``histokd train / predict / evaluate`` on a small synthetic feature cohort written to disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from histokd_core.cli import main
+
+METHOD = "histokd_core.methods.baselines"
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    from histokd_core.synthetic.cohort import make_feature_cohort
+
+    root = tmp_path_factory.mktemp("cli") / "cohort"
+    make_feature_cohort(root, n_cases=24, n_patches=12, feat_dim=8, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(cohort_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    rc = main(
+        [
+            "train",
+            "--method",
+            METHOD,
+            "--cohort",
+            str(cohort_dir / "cohort.csv"),
+            "--features",
+            str(cohort_dir / "features"),
+            "--omics",
+            str(cohort_dir / "omics.csv"),
+            "--gene-sets",
+            str(cohort_dir / "gene_sets.gmt"),
+            "--out",
+            str(out),
+            "--folds",
+            "3",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+def test_train_writes_run(run_dir, capsys):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["task"] == "survival" and len(m["folds"]) == 3
+    assert set(m["summary"]) == {"abmil", "omics_only"}
+    assert (run_dir / "km.png").is_file() and (run_dir / "config.yaml").is_file()
+    assert (run_dir / "fold_2" / "omics_only.safetensors").is_file()
+
+
+def test_train_refuses_existing_other_run(run_dir, cohort_dir, capsys):
+    rc = main(
+        [
+            "train",
+            "--method",
+            METHOD,
+            "--cohort",
+            str(cohort_dir / "cohort.csv"),
+            "--features",
+            str(cohort_dir / "features"),
+            "--omics",
+            str(cohort_dir / "omics.csv"),
+            "--out",
+            str(run_dir),
+            "--folds",
+            "3",
+            "--epochs",
+            "5",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_predict_writes_patch_attention(run_dir, cohort_dir, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(run_dir / "fold_0" / "abmil.safetensors"),
+            "--features",
+            str(cohort_dir / "features"),
+            "--slide-id",
+            "SYN-0003-S1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    assert "risk=" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert list(table.columns[:4]) == ["x", "y", "patch_size", "attention"]
+    assert table["attention"].sum() == pytest.approx(1.0, abs=1e-5)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["slide_id"] == "SYN-0003-S1" and np.isfinite(summary["risk"])
+    # never overwrite silently; omics-only models cannot predict slides
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run_dir / "fold_0" / "abmil.safetensors"),
+                "--features",
+                str(cohort_dir / "features"),
+                "--slide-id",
+                "SYN-0003-S1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run_dir / "fold_0" / "omics_only.safetensors"),
+                "--features",
+                str(cohort_dir / "features"),
+                "--slide-id",
+                "SYN-0003-S1",
+                "--out",
+                str(tmp_path / "p2.csv"),
+            ]
+        )
+        == 2
+    )
+    assert "needs omics" in capsys.readouterr().err
+
+
+def test_evaluate_external_cohort(run_dir, cohort_dir, tmp_path, capsys):
+    external = tmp_path / "external.csv"
+    pd.read_csv(cohort_dir / "cohort.csv").head(14).to_csv(external, index=False)
+    out = tmp_path / "ext"
+    rc = main(
+        [
+            "evaluate",
+            "--run",
+            str(run_dir),
+            "--cohort",
+            str(external),
+            "--features",
+            str(cohort_dir / "features"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["ensemble"]) == {"abmil"}  # slide-only models only
+    assert len(m["folds"]) == 3 and "c_index" in m["folds"][0]["test"]["abmil"]
+    assert (out / "km.png").is_file()
+    assert "abmil" in capsys.readouterr().out
