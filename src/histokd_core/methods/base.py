@@ -172,6 +172,10 @@ class KDModel(nn.Module):
     def after_backward(self, bags: Sequence[Bag]) -> None:
         """Called after ``loss.backward()`` and before the optimiser step (e.g. gradient surgery)."""
 
+    def epoch_end(self) -> dict[str, float]:
+        """Called by the trainer after each training epoch; values join the epoch's metrics."""
+        return {}
+
     def explain(self, bag: Bag) -> Explanation:
         """Per-patch maps for overlays; the default gives the attention of :meth:`predict`."""
         with torch.no_grad():

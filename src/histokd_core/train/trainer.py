@@ -174,8 +174,10 @@ class Trainer:
         Notes
         -----
         Optional model hooks: ``prepare(train_bags, seed=...)`` runs once before training (not on
-        resume); ``epoch_end() -> dict[str, float]`` after each training epoch, its values join
-        the epoch's metrics and history.
+        resume); ``set_epoch(epoch)`` (0-based) before each training epoch; ``after_backward(batch)``
+        after the backward pass(es) and before each optimizer step (gradient surgery);
+        ``epoch_end() -> dict[str, float]`` after each training epoch, its values join the epoch's
+        metrics and history.
         """
         config = config or TrainConfig()
         token = cancel if isinstance(cancel, CancelToken) else CancelToken(cancel)
@@ -229,6 +231,8 @@ class Trainer:
             progress.n_steps = len(batches) or n_batches
             sums: dict[str, float] = {}
             self._train_mode(model)
+            if hasattr(model, "set_epoch"):
+                model.set_epoch(epoch - 1)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
             for step, idx in enumerate(batches, start=1):
@@ -247,6 +251,8 @@ class Trainer:
                 if optimizer is not None and (
                     step % config.grad_accum == 0 or step == len(batches)
                 ):
+                    if hasattr(model, "after_backward"):
+                        model.after_backward(batch)
                     if config.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                     optimizer.step()
