@@ -1,0 +1,259 @@
+"""The MoMKD model: stages, gradient decoupling, WSI-only inference, memory, learning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
+
+from histokd_core.errors import DataError
+from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.methods.baselines.snn import SNN
+from histokd_core.methods.momkd import TASKS, Config, MoMKDModel, stages
+from histokd_core.methods.registry import get_method
+
+FEAT, GENES = 16, 12
+SMALL = dict(
+    n_components=4, wsi_dim=32, shared_dim=16, omics_dim=32, cls_hidden=16, wsi_dropout=0.1,
+    init_samples=2000,
+)
+INFO = DataInfo(task="classification", feat_dim=FEAT, n_genes=GENES)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny models here are slower with competing threads
+    yield
+    torch.set_num_threads(threads)
+
+
+def planted_bags(n_bags: int, seed: int, n: int = 40) -> list[Bag]:
+    """Positive slides carry a region of 10 neighbouring patches shifted along feature 0; the first
+    4 genes are shifted with the label."""
+    gen = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(torch.arange(8), torch.arange(5), indexing="ij"), -1)
+    grid = grid.reshape(-1, 2) * 256
+    bags = []
+    for i in range(n_bags):
+        y = i % 2
+        feats = torch.randn(n, FEAT, generator=gen)
+        if y:
+            feats[:10, 0] += 2.0
+        omics = torch.randn(GENES, generator=gen)
+        omics[:4] += 1.5 * (2 * y - 1)
+        bags.append(Bag(f"case{seed}_{i}", feats, grid.clone(), omics=omics, label=y))
+    return bags
+
+
+def train(
+    model: MoMKDModel, bags: list[Bag], epochs: int, lr: float = 1e-3, seed: int = 0
+) -> list[dict]:
+    torch.manual_seed(seed)
+    model.prepare(bags, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    history = []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(bags)).tolist()
+        for start in range(0, len(bags), 4):
+            out = model.loss([bags[j] for j in order[start : start + 4]])
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        history.append(model.epoch_end())
+    model.eval()
+    return history
+
+
+def auc(model, bags: list[Bag]) -> float:
+    with torch.no_grad():
+        probs = [float(torch.softmax(model.predict(b).logits, -1)[1]) for b in bags]
+    return roc_auc_score([b.label for b in bags], probs)
+
+
+def make(mode: str | None = None, **kw) -> MoMKDModel:
+    torch.manual_seed(0)
+    return MoMKDModel(INFO, Config(**{**SMALL, **kw}), mode)
+
+
+def test_registry_and_stages():
+    module = get_method("momkd")
+    assert module.TASKS == TASKS == ("classification",)
+    names = [s.name for s in stages(Config())]
+    assert names == [
+        "student", "student_fixed_memory", "student_gradient_memory", "abmil", "transmil",
+        "omics_only",
+    ]
+    names = [s.name for s in stages(Config(memory_update="gradient", baselines=()))]
+    assert names == ["student", "student_fixed_memory", "student_ema_memory"]
+    assert [s.name for s in stages(Config(fixed_memory=True, baselines=()))] == ["student"]
+    by_name = {s.name: s for s in stages(Config(**SMALL))}
+    assert by_name["student"].build(INFO, {}).memory_mode == "ema"
+    assert by_name["student_fixed_memory"].build(INFO, {}).memory_mode == "fixed"
+    assert by_name["student_gradient_memory"].build(INFO, {}).memory_mode == "gradient"
+    assert isinstance(by_name["omics_only"].build(INFO, {}), SNN)
+    assert by_name["abmil"].build(INFO, {}).predict(planted_bags(1, 0)[0]).logits.shape == (2,)
+    assert by_name["transmil"].build(INFO, {}).predict(planted_bags(1, 0)[0]).logits.shape == (2,)
+
+
+def test_config_and_data_errors_are_clear():
+    with pytest.raises(DataError, match="memory_update"):
+        Config(memory_update="momentum")
+    with pytest.raises(DataError, match="baselines"):
+        Config(baselines=("clam",))
+    with pytest.raises(DataError, match="omics"):
+        MoMKDModel(dataclasses.replace(INFO, n_genes=0), Config())
+    with pytest.raises(DataError, match="binary"):
+        MoMKDModel(dataclasses.replace(INFO, n_classes=3), Config())
+    model = make()
+    bag = planted_bags(1, 0)[0]
+    with pytest.raises(DataError, match="label"):
+        model.loss([dataclasses.replace(bag, label=-1)])
+    with pytest.raises(DataError, match="no omics"):
+        model.loss([dataclasses.replace(bag, omics=None)])
+    with pytest.raises(DataError, match="expected 12"):
+        model.loss([dataclasses.replace(bag, omics=torch.zeros(5))])
+
+
+def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        n: p.grad
+        for n, p in module.named_parameters()
+        if p.grad is not None and p.grad.abs().sum() > 0
+    }
+
+
+@pytest.mark.parametrize("mode", ["gradient", "ema"])
+def test_gradient_decoupling(mode):
+    model = make(mode)
+    bags = planted_bags(4, 0)
+    model.prepare(bags)
+    model.train()
+    terms = model.loss(bags)
+    assert set(terms) >= {"loss", "ce", "align_wsi", "align_omics", "mse", "mem"}
+
+    def grads_of(term: str) -> tuple[dict, dict, dict]:
+        model.zero_grad(set_to_none=True)
+        model.terms(bags)[term].backward()
+        mem = model.memory.components.grad if mode == "gradient" else None
+        mem_grads = {} if mem is None or mem.abs().sum() == 0 else {"memory": mem}
+        return _grads(model.wsi), _grads(model.omics), mem_grads
+
+    # the classifier's loss reaches the WSI branch but never the memory or the omics branch
+    wsi, omics, mem = grads_of("ce")
+    assert "classifier.4.weight" in wsi and "encoder.gat1.lin_l.weight" in wsi
+    assert omics == {} and mem == {}
+    # omics terms never reach the WSI branch (and vice versa)
+    for term in ("align_omics", "mse"):
+        wsi, omics, _ = grads_of(term)
+        assert wsi == {} and omics
+    for term in ("align_wsi", "mem"):
+        wsi, omics, _ = grads_of(term)
+        assert omics == {} and wsi
+    # the memory learns by gradient only in the public-code mode (alignment and memory losses)
+    _, _, mem = grads_of("align_omics")
+    assert bool(mem) == (mode == "gradient")
+
+
+def test_predict_and_explain_use_slide_features_only():
+    model = make().eval()
+    bag = planted_bags(2, 0)[1]
+    no_omics = dataclasses.replace(bag, omics=None)
+    nan_omics = dataclasses.replace(bag, omics=torch.full((GENES,), float("nan")))
+    with torch.no_grad():
+        pred = model.predict(no_omics)
+        torch.testing.assert_close(model.predict(nan_omics).logits, pred.logits)
+    assert pred.logits.shape == (2,) and pred.attention.shape == (40,)
+    # memory-guided attention: softmax of (max cos to C+ - max cos to C-) / tau
+    with torch.no_grad():
+        _, z = model.wsi.encode(bag)
+        mem = model.memory.normalized()
+        score = (z @ mem[1].T).max(1).values - (z @ mem[0].T).max(1).values
+        torch.testing.assert_close(pred.attention, torch.softmax(score / 0.2, 0))
+    assert pred.attention.sum().item() == pytest.approx(1.0, abs=1e-5)
+    exp = model.explain(no_omics)
+    k = model.memory.n_components
+    assert exp.memory.shape == (2 * k, 40)
+    assert exp.memory_names[:2] == ["C+0", "C+1"] and exp.memory_names[k] == "C-0"
+    assert all(len(exp.top_patches[name]) == 3 for name in exp.memory_names)
+    row = exp.memory[k + 1]
+    assert set(exp.top_patches["C-1"].tolist()) == set(np.argsort(-row)[:3].tolist())
+    assert 0.0 <= exp.probability <= 1.0 and exp.risk_group in ("positive", "negative")
+    assert np.all(np.abs(exp.memory) <= 1.0 + 1e-5)  # cosine activations
+
+
+def test_attention_temperature_is_learnable_and_clamped():
+    model = make()
+    assert model.wsi.tau.item() == pytest.approx(0.2)
+    with torch.no_grad():
+        model.wsi.log_tau.fill_(10.0)
+    assert model.wsi.tau.item() == pytest.approx(2.0)
+    with torch.no_grad():
+        model.wsi.log_tau.fill_(-10.0)
+    assert model.wsi.tau.item() == pytest.approx(0.01)
+    fixed = make(learnable_tau=False)
+    assert "wsi.log_tau" not in dict(fixed.named_parameters())
+
+
+def test_memory_updates_per_mode_and_only_in_training():
+    bags = planted_bags(4, 0)
+    for mode, should_move in (("ema", True), ("fixed", False)):
+        model = make(mode)
+        model.prepare(bags)
+        before = model.memory.components.clone()
+        model.eval()
+        with torch.no_grad():
+            model.loss(bags)
+        torch.testing.assert_close(model.memory.components, before)
+        model.train()
+        model.loss(bags)
+        moved = not torch.allclose(model.memory.components, before)
+        assert moved == should_move
+
+
+def test_prepare_initialises_memory_from_patch_projections():
+    model = make()
+    bags = planted_bags(6, 0)
+    model.prepare(bags)
+    mem = model.memory.normalized()
+    _, z = model.wsi.eval().encode(bags[1])
+    # every component is close to some projection of its class (k-means centres of the data)
+    assert ((z @ mem[1].T).max(dim=0).values > 0.5).all()
+    assert model.training  # restored
+    with pytest.raises(DataError, match="label 1"):
+        make().prepare([b for b in bags if b.label == 0])
+
+
+def test_checkpoint_roundtrip_with_safetensors(tmp_path):
+    model = make()
+    model.prepare(planted_bags(4, 0))
+    path = tmp_path / "momkd.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    fresh = make()
+    fresh.load_state_dict(load_file(str(path)))
+    torch.testing.assert_close(fresh.memory.components, model.memory.components)
+    bag = planted_bags(1, 3)[0]
+    with torch.no_grad():
+        expected = model.eval().predict(bag).logits
+        torch.testing.assert_close(fresh.eval().predict(bag).logits, expected)
+
+
+@pytest.mark.parametrize("mode", ["ema", "gradient"])
+def test_learns_planted_signal_and_memory_stays_active(mode):
+    model = make(mode)
+    history = train(model, planted_bags(40, 1), epochs=6)
+    test_auc = auc(model, planted_bags(30, 2))
+    assert test_auc > 0.85, test_auc
+    assert history[-1]["memory_active_ratio"] > 0.5, history[-1]
+    diag = model.memory_diagnostics(planted_bags(30, 2))
+    assert diag["memory_active_ratio"] > 0.5 and diag["memory_perplexity"] > 1.5
+    # the attention concentrates on the planted region of positive slides
+    bag = planted_bags(2, 5)[1]
+    with torch.no_grad():
+        attention = model.predict(bag).attention
+    assert attention[:10].sum() > 10 / 40
