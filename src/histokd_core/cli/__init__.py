@@ -12,7 +12,7 @@ from histokd_core.errors import HistoKDError
 
 #: Sub-command modules under ``histokd_core.cli``; each defines
 #: ``add_parser(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``.
-COMMANDS: tuple[str, ...] = ("tile", "extract", "train", "predict", "evaluate")
+COMMANDS: tuple[str, ...] = ("demo", "tile", "extract", "train", "predict", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,12 @@
 """Synthetic data: pyramidal H&E-like slides (``slides``) and cohorts built on them (``cohort``)."""
 
+from histokd_core.synthetic.cohort import (
+    FeatureCohort,
+    SignalKnobs,
+    SyntheticCohort,
+    make_feature_cohort,
+    make_synthetic_cohort,
+)
 from histokd_core.synthetic.slides import (
     REGION_KINDS,
     PlantedRegion,
@@ -9,6 +16,11 @@ from histokd_core.synthetic.slides import (
 )
 
 __all__ = [
+    "FeatureCohort",
+    "SignalKnobs",
+    "SyntheticCohort",
+    "make_feature_cohort",
+    "make_synthetic_cohort",
     "REGION_KINDS",
     "PlantedRegion",
     "SyntheticSlide",
