@@ -1,0 +1,257 @@
+"""Subspace method: stages, omics-free inference, explanations, CGC hook, planted-signal
+learning."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from histokd_core.errors import DataError
+from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.methods.registry import get_method
+from histokd_core.methods.subspace import Config, SubspaceStudent, SubspaceTeacher, stages
+
+D, G = 16, 12
+
+
+def make_bag(
+    i: int, rng: np.random.Generator, label: int, has_10x: bool = True, signal: float = 0.0
+) -> Bag:
+    side = int(rng.integers(5, 9))
+    cells = np.array([(x, y) for x in range(side) for y in range(side) if rng.random() < 0.8])
+    n = len(cells)
+    feats = rng.normal(0, 1, (n, D))
+    if signal:
+        planted = rng.random(n) < 0.3
+        feats[planted, 0] += signal * (1 if label else -1)
+    omics = rng.normal(0, 1, G)
+    omics[:3] += 2.0 * (1 if label else -1)
+    bag = Bag(
+        f"case{i}", torch.tensor(feats, dtype=torch.float32), torch.tensor(cells * 512 + 100),
+        patch_size=512, omics=torch.tensor(omics, dtype=torch.float32), label=label, bin=label * 3,
+        event=1,
+    )
+    if has_10x:
+        c10 = np.unique(cells // 2, axis=0)
+        f10 = rng.normal(0, 1, (len(c10), D))
+        if signal:
+            f10[:, 0] += 0.5 * signal * (1 if label else -1)
+        bag.feats_10x = torch.tensor(f10, dtype=torch.float32)
+        bag.coords_10x = torch.tensor(c10 * 1024)
+    return bag
+
+
+def info(task="classification", has_10x=True):
+    return DataInfo(
+        task=task, feat_dim=D, n_genes=G, tumor_genes=[0, 1, 2, 3, 4], tme_genes=list(range(5, G)),
+        n_classes=2 if task == "classification" else 4, has_10x=has_10x,
+    )
+
+
+CFG = Config(
+    dim=16, heads=2, dim_head=8, n_points=4, offset_kernel=3, offset_stride=1, warmup_epochs=1
+)
+
+
+def test_registry_and_stages():
+    mod = get_method("subspace")
+    assert mod.TASKS == ("classification", "survival")
+    names = [s.name for s in stages(Config())]
+    assert names == ["teacher", "student", "student_no_kd", "abmil", "omics_only"]
+    student = [s for s in stages(Config()) if s.name == "student"][0]
+    assert student.requires == ("teacher",)
+    for s in stages(CFG):
+        assert s.build(info(), {}) is not None
+    with pytest.raises(DataError, match="cgc"):
+        Config(cgc="twice")
+
+
+@pytest.mark.parametrize("task", ["classification", "survival"])
+def test_student_predicts_and_explains_without_omics(task):
+    rng = np.random.default_rng(0)
+    student = SubspaceStudent(info(task), CFG)
+    student.eval()
+    bag = make_bag(0, rng, 1)
+    bag.omics = None
+    pred = student.predict(bag)
+    n = bag.feats.shape[0]
+    assert pred.attention.shape == (n,)
+    assert float(pred.attention.sum()) == pytest.approx(1.0, abs=1e-5)
+    expl = student.explain(bag)
+    assert set(expl.clusters) == {"tumor", "tme"}
+    for ids in expl.clusters.values():
+        assert ids.shape == (n,) and ids.min() >= 0 and ids.max() < CFG.n_prototypes
+    assert expl.top_patches["tumor centres"].shape == (CFG.n_prototypes,)
+    if task == "classification":
+        assert 0.0 <= expl.probability <= 1.0
+    else:
+        assert pred.risk.dim() == 0 and expl.risk is not None
+
+
+def test_teacher_needs_omics_and_gene_subsets():
+    rng = np.random.default_rng(1)
+    teacher = SubspaceTeacher(info(), CFG)
+    bag = make_bag(0, rng, 0)
+    bag.omics = None
+    with pytest.raises(DataError, match="omics"):
+        teacher.predict(bag)
+    with pytest.raises(DataError, match="tumor_genes"):
+        SubspaceTeacher(DataInfo(task="classification", feat_dim=D, n_genes=G), CFG)
+
+
+def test_teacher_loss_dev_and_cgc_hook():
+    rng = np.random.default_rng(2)
+    teacher = SubspaceTeacher(info(), CFG)
+    bags = [make_bag(i, rng, i % 2) for i in range(4)]
+    out = teacher.loss(bags)
+    assert "dev" in out and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    head = teacher.branches["20x"].head
+    before = head.weight.grad.clone()
+    teacher.after_backward(bags)
+    d = CFG.dim
+    after = head.weight.grad
+    cos = torch.nn.functional.cosine_similarity(before[:, :d], before[:, d:], dim=1)
+    for r in range(after.shape[0]):
+        if cos[r] >= 0:
+            torch.testing.assert_close(after[r], before[r])
+        else:
+            assert abs(float(after[r, :d] @ after[r, d:])) < 1e-5 * float(before[r].norm() ** 2 + 1)
+
+
+def test_single_magnification_turns_igc_off(caplog, monkeypatch):
+    from histokd_core.methods.subspace import teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "_said_igc_off", False)
+    rng = np.random.default_rng(3)
+    with caplog.at_level(logging.INFO):
+        teacher = SubspaceTeacher(info(has_10x=False), CFG)
+    assert "IGC" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        SubspaceTeacher(info(has_10x=False), CFG)
+    assert "IGC" not in caplog.text
+    bags = [make_bag(i, rng, i % 2, has_10x=False) for i in range(3)]
+    out = teacher.loss(bags)
+    assert "dev" not in out
+    student = SubspaceStudent(info(has_10x=False), CFG, teacher.eval())
+    student.set_epoch(1)
+    assert {"mse", "kl"} <= set(student.loss(bags))
+
+
+def test_student_warmup_then_skd():
+    rng = np.random.default_rng(4)
+    teacher = SubspaceTeacher(info(), CFG).eval()
+    student = SubspaceStudent(info(), CFG, teacher)
+    bags = [make_bag(i, rng, i % 2) for i in range(2)]
+    student.set_epoch(0)
+    assert set(student.loss(bags)) == {"loss", "task"}
+    student.set_epoch(1)
+    out = student.loss(bags)
+    assert {"mse", "kl"} <= set(out)
+    out["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not any(k.startswith("_teacher") for k in student.state_dict())
+
+
+def _auc(scores, labels):
+    pos = [s for s, y in zip(scores, labels) if y == 1]
+    neg = [s for s, y in zip(scores, labels) if y == 0]
+    return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest single-threaded (the test machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_student_learns_planted_signal(one_thread):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    train = [make_bag(i, rng, i % 2, signal=2.0) for i in range(16)]
+    test = [make_bag(100 + i, rng, i % 2, signal=2.0) for i in range(16)]
+    cfg = Config(dim=16, heads=2, dim_head=8, n_points=4, dropout=0.0)
+    model = SubspaceStudent(info(), cfg, distill=False)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for epoch in range(4):
+        model.train()
+        model.set_epoch(epoch)
+        for s in range(0, len(train), 4):
+            loss = model.loss(train[s : s + 4])["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        scores = [float(torch.softmax(model.predict(b).logits, -1)[1]) for b in test]
+    assert _auc(scores, [b.label for b in test]) > 0.8
+
+
+def test_teacher_learns_planted_survival_signal(one_thread):
+    """Survival: the omics tumour genes set the bin (bin 0 = early death); held-out C-index."""
+    from histokd_core.survival import c_index
+
+    torch.manual_seed(1)
+    rng = np.random.default_rng(6)
+
+    def surv_bag(i):
+        bag = make_bag(i, rng, i % 2, has_10x=True, signal=1.0)
+        bag.bin = 0 if bag.label == 1 else 3
+        bag.time = 3.0 if bag.label == 1 else 30.0  # tied events within a group: not comparable
+        return bag
+
+    train = [surv_bag(i) for i in range(12)]
+    test = [surv_bag(100 + i) for i in range(12)]
+    cfg = Config(dim=16, heads=2, dim_head=8, n_points=4, dropout=0.0, gene_dropout=0.0)
+    model = SubspaceTeacher(info("survival"), cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(4):
+        model.train()
+        for s in range(0, len(train), 4):
+            batch = train[s : s + 4]
+            loss = model.loss(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            model.after_backward(batch)
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        risk = [float(model.predict(b).risk) for b in test]
+    assert c_index([b.time for b in test], risk, [1] * len(test)) > 0.8
+
+
+def test_run_cv_and_checkpoint_reload_without_omics(tmp_path, one_thread):
+    """Teacher -> student through the engine; the reloaded student predicts with no omics."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from histokd_core.train import TrainConfig, load_model, predict_bags, run_cv
+
+    rng = np.random.default_rng(7)
+    parts = [[make_bag(10 * f + i, rng, i % 2, signal=2.0) for i in range(6)] for f in range(2)]
+
+    class Tiny:
+        n_folds = 2
+
+        def fold(self, i):
+            rest = parts[1 - i]
+            return SimpleNamespace(train=rest[2:], val=rest[:2], test=parts[i], info=info())
+
+    config = {"dim": 16, "heads": 2, "dim_head": 8, "n_points": 4, "warmup_epochs": 1,
+              "baselines": []}
+    train = TrainConfig(epochs=2, batch_size=2, lr=1e-3, device="cpu", seed=0)
+    result = run_cv("subspace", config, Tiny(), tmp_path / "run", train, folds=[0])
+    assert set(result.metrics["summary"]) == {"teacher", "student", "student_no_kd"}
+    model, meta = load_model(tmp_path / "run" / "fold_0" / "student.safetensors")
+    assert meta["stage"] == "student" and not model.needs_omics
+    bags = [Bag(**{**b.__dict__, "omics": None}) for b in parts[0]]
+    preds = pd.read_csv(tmp_path / "run" / "fold_0" / "predictions.csv")
+    stored = preds[preds.model == "student"]
+    ours = predict_bags(model, bags).probs[:, 1]
+    np.testing.assert_allclose(ours, stored.prob_positive.to_numpy(), rtol=1e-4, atol=1e-5)
