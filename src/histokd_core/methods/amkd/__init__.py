@@ -1,0 +1,107 @@
+"""AMKD: adaptive multimodal knowledge distillation for survival (Xu et al., Computational
+Biomedicine 2026). No public code exists; SurvPath (Jaume et al., CVPR 2024) is its closest
+relative and supplies the pathway tokenisation and the pathway/patch attention pattern.
+
+Stages per fold: ``teacher`` (slides + omics), ``student`` (slides only, distilled from the
+frozen teacher), ``student_no_kd`` (same student, Cox loss only), ``abmil`` and ``omics_only``
+baselines. See :mod:`.teacher`, :mod:`.student` and :mod:`.losses` for the formulas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from histokd_core.errors import DataError
+from histokd_core.methods.base import DataInfo, KDModel, Stage
+
+TASKS = ("survival",)
+
+
+@dataclass
+class Config:
+    """AMKD settings.
+
+    Attributes
+    ----------
+    dim : token width ``d`` (256, SurvPath's; gives a ~0.9 M-parameter student for 1024-d
+        features, near the paper's 803 K); heads, dim_head : attention heads (4 x 64).
+    pathway_hidden : first SNN block width of the pathway encoder (256).
+    dropout : dropout / alpha-dropout rate (0.25).
+    alpha : weight of ``L_GE + L_KD + L_surv`` against ``L_ARR`` (0.75).
+    kd_temperature : ``T`` of ``sigmoid(risk/T)`` in ``L_KD`` (2.0); ge_temperature : softmax
+        temperature of ``L_GE`` (1.0); arr_eps : ``L_ARR`` gate epsilon (1e-6).
+    max_train_patches : random patches per bag while training (SurvPath's 4096; None = all).
+    chunk_size : query chunk of the memory-bounded attention (512: at 50 000 patches one
+        chunk's scores take ``heads * 512 * 50 000 * 4`` bytes = 410 MB).
+    teacher_patch_self_attention : add patch-to-patch self-attention to the teacher (off:
+        SurvPath's pattern, no patch-to-patch attention).
+    explain_top_pathways : pathways whose maps :meth:`explain` returns (20).
+    """
+
+    dim: int = 256
+    heads: int = 4
+    dim_head: int = 64
+    pathway_hidden: int = 256
+    dropout: float = 0.25
+    alpha: float = 0.75
+    kd_temperature: float = 2.0
+    ge_temperature: float = 1.0
+    arr_eps: float = 1e-6
+    max_train_patches: int | None = 4096
+    chunk_size: int = 512
+    teacher_patch_self_attention: bool = False
+    explain_top_pathways: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise DataError(f"amkd alpha must be in [0, 1], got {self.alpha}")
+        if self.dim < 4 or self.heads < 1 or self.dim_head < 1 or self.pathway_hidden < 1:
+            raise DataError(
+                f"amkd dim/heads/dim_head/pathway_hidden must be positive (dim >= 4), got "
+                f"{self.dim}/{self.heads}/{self.dim_head}/{self.pathway_hidden}"
+            )
+        if self.kd_temperature <= 0 or self.ge_temperature <= 0:
+            raise DataError("amkd temperatures must be > 0")
+        if self.max_train_patches is not None and self.max_train_patches < 1:
+            raise DataError(
+                f"amkd max_train_patches must be >= 1 or None, got {self.max_train_patches}"
+            )
+        if self.chunk_size < 1:
+            raise DataError(f"amkd chunk_size must be >= 1, got {self.chunk_size}")
+
+
+def stages(config: Config) -> list[Stage]:
+    """``teacher``, ``student`` (requires teacher), ``student_no_kd``, ``abmil``, ``omics_only``."""
+
+    def build_teacher(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+        from histokd_core.methods.amkd.teacher import AMKDTeacher
+
+        return AMKDTeacher(info, config)
+
+    def build_student(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+        from histokd_core.methods.amkd.student import AMKDStudent
+
+        return AMKDStudent(info, config, teacher=trained.get("teacher"), distill=True)
+
+    def build_student_no_kd(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+        from histokd_core.methods.amkd.student import AMKDStudent
+
+        return AMKDStudent(info, config, teacher=None, distill=False)
+
+    def build_abmil(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+        from histokd_core.methods.baselines import abmil
+
+        return abmil.build(info)
+
+    def build_omics_only(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+        from histokd_core.methods.baselines import snn
+
+        return snn.build(info)
+
+    return [
+        Stage("teacher", build_teacher),
+        Stage("student", build_student, requires=("teacher",)),
+        Stage("student_no_kd", build_student_no_kd),
+        Stage("abmil", build_abmil),
+        Stage("omics_only", build_omics_only),
+    ]

@@ -1,0 +1,133 @@
+"""AMKD student: slides only, distilled from the frozen teacher.
+
+``feats (n, F)`` -> ``Linear(F, d) -> ReLU -> Dropout`` -> patch self-attention block ``h_s``
+``(n, d)`` (chunked ``scaled_dot_product_attention``: memory linear in ``n``, compute
+``O(n^2 d)``). Gene-guided pathology enhancement (GGE): ``P`` learnable pathway queries (one per
+teacher pathway token) cross-attend over ``h_s`` and a linear projection gives ``E_s (P, d)``,
+trained to mimic the teacher's gene->path features (``L_GE``). ``E_s`` and ``h_s`` are mean-pooled
+over tokens, concatenated ``(2d,)`` and an MLP gives the risk. The patch attention reported for
+overlays is the GGE attention averaged over pathway queries and heads ``(n,)`` (sums to 1); the
+GGE's per-query attention rows are the student's pathway-conditioned maps.
+
+Loss with a teacher (``distill=True``): see :mod:`histokd_core.methods.amkd.losses`; without
+(``student_no_kd`` ablation): Cox NLL only. ``predict`` and ``explain`` never read ``bag.omics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from histokd_core.errors import HistoKDError
+from histokd_core.methods.amkd.losses import arr_loss, arr_weight, ge_loss, kd_loss, total_loss
+from histokd_core.methods.amkd.teacher import (
+    AMKDTeacher,
+    batch_cox,
+    pathway_explanation,
+    pathway_names,
+    patch_projection,
+    risk_head,
+    subsample,
+    token_scores,
+)
+from histokd_core.methods.base import Bag, DataInfo, Explanation, KDModel, Prediction
+from histokd_core.nn.attention import CrossAttentionBlock, SelfAttentionBlock
+
+
+class AMKDStudent(KDModel):
+    """Slide-only AMKD student. ``teacher`` is the frozen trained teacher (None for inference
+    or for the no-distillation ablation); ``distill`` turns the distillation losses on."""
+
+    needs_omics = False
+    task = "survival"
+
+    def __init__(
+        self, info: DataInfo, config, teacher: AMKDTeacher | None = None, distill: bool = True
+    ) -> None:
+        super().__init__()
+        if not info.pathways:
+            raise HistoKDError(
+                "the AMKD student has one enhancement query per pathway: DataInfo.pathways is empty"
+            )
+        c = config
+        self.config = c
+        self.distill = distill
+        self.pathway_names = pathway_names(info)
+        self.patches = patch_projection(info.feat_dim, c.dim, c.dropout)
+        self.patch_sa = SelfAttentionBlock(c.dim, c.heads, c.dim_head, 0.1, c.chunk_size)
+        self.queries = nn.Parameter(torch.randn(len(info.pathways), c.dim) * 0.02)
+        self.enhance = CrossAttentionBlock(c.dim, c.heads, c.dim_head, 0.1, c.chunk_size)
+        self.enhance_proj = nn.Linear(c.dim, c.dim)
+        self.head = risk_head(c.dim, c.dropout)
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+        self.teacher = teacher
+
+    def forward_bag(self, feats: torch.Tensor):
+        """Risk (0-d), enhanced features ``E_s (P, d)`` and patch tokens ``h_s (n, d)``."""
+        h = self.patch_sa(self.patches(feats.to(self.head[0].weight.device, torch.float32)))
+        e = self.enhance_proj(self.enhance(self.queries, h))
+        risk = self.head(torch.cat([e.mean(0), h.mean(0)]))[0]
+        return risk, e, h
+
+    def loss(self, bags: Sequence[Bag]) -> dict[str, torch.Tensor]:
+        use_teacher = self.distill
+        if use_teacher and self.teacher is None:
+            raise HistoKDError(
+                "the distilled AMKD student needs its trained teacher (stage 'teacher') to train"
+            )
+        risks, feats_s, risks_t, feats_t = [], [], [], []
+        for b in bags:
+            idx = subsample(b.feats.shape[0], self.config.max_train_patches, b.feats.device)
+            feats = b.feats if idx is None else b.feats[idx]
+            r, e, _ = self.forward_bag(feats)
+            risks.append(r)
+            feats_s.append(e)
+            if use_teacher:
+                with torch.no_grad():
+                    rt, g2p, _ = self.teacher.forward_bag(feats, self.teacher._omics(b))
+                risks_t.append(rt)
+                feats_t.append(g2p)
+        r_s = torch.stack(risks)
+        l_surv = batch_cox(r_s, bags)
+        if not use_teacher:
+            return {"loss": l_surv, "cox": l_surv.detach()}
+        c = self.config
+        r_t = torch.stack(risks_t)
+        l_t = batch_cox(r_t, bags)
+        l_ge = ge_loss(torch.stack(feats_s), torch.stack(feats_t), c.ge_temperature)
+        l_kd = kd_loss(r_s, r_t, c.kd_temperature)
+        l_arr = arr_loss(r_s, r_t, l_surv, l_t, c.arr_eps)
+        total = total_loss(l_ge, l_kd, l_surv, l_arr, c.alpha)
+        return {
+            "loss": total,
+            "cox": l_surv.detach(),
+            "ge": l_ge.detach(),
+            "kd": l_kd.detach(),
+            "arr": l_arr.detach(),
+            "arr_weight": arr_weight(l_surv, l_t, c.arr_eps),
+            "teacher_cox": l_t.detach(),
+        }
+
+    def pathway_maps(self, h: torch.Tensor) -> torch.Tensor:
+        """GGE attention of each pathway query over the patches, ``(P, n)``, rows sum to 1."""
+        return self.enhance.weights(self.queries, h)
+
+    def predict(self, bag: Bag) -> Prediction:
+        risk, _, h = self.forward_bag(bag.feats)
+        return Prediction(risk=risk, attention=self.pathway_maps(h).mean(0))
+
+    def explain(self, bag: Bag) -> Explanation:
+        """Student-only maps (no omics): GGE pathway-query attention over patches; pathway
+        scores = gradient x input of the risk w.r.t. the enhanced pathway tokens ``E_s``."""
+        with torch.no_grad():
+            risk, e, h = self.forward_bag(bag.feats)
+            maps = self.pathway_maps(h)
+            h_pool = h.mean(0)
+        scores = token_scores(e, lambda t: self.head(torch.cat([t.mean(0), h_pool]))[0])
+        return pathway_explanation(
+            bag, self.pathway_names, maps, scores, maps.mean(0), float(risk),
+            self.config.explain_top_pathways,
+        )

@@ -1,0 +1,199 @@
+"""AMKD teacher and student: contracts, parameter count, distillation loss wiring, learning."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from histokd_core.errors import DataError, HistoKDError
+from histokd_core.methods.amkd import Config, TASKS, stages
+from histokd_core.methods.amkd.losses import arr_loss, ge_loss, kd_loss, total_loss
+from histokd_core.methods.amkd.teacher import batch_cox
+from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.survival import c_index
+from histokd_core.train.checkpoint import load_model_state, model_state
+
+SMALL = Config(dim=32, heads=2, dim_head=16, pathway_hidden=16, dropout=0.1, max_train_patches=None)
+
+
+def small_info(n_genes=40, n_path=8, feat_dim=16):
+    pathways = [list(range(5 * i, 5 * i + 5)) for i in range(n_path)]
+    return DataInfo(
+        task="survival", feat_dim=feat_dim, n_genes=n_genes, pathways=pathways,
+        pathway_names=[f"P{i}" for i in range(n_path)],
+    )
+
+
+def planted_bags(n, seed, feat_dim=16, n_genes=40, n_patch=40):
+    """Latent risk z drives death times, the mean of feature 0 over a third of the patches,
+    and the expression of pathway 0's genes (5 genes) - learnable from either modality."""
+    g = torch.Generator().manual_seed(seed)
+    bags = []
+    for i in range(n):
+        z = float(torch.randn(1, generator=g))
+        feats = torch.randn(n_patch, feat_dim, generator=g)
+        feats[: n_patch // 3, 0] += 2.0 * z
+        omics = torch.randn(n_genes, generator=g) * 0.5
+        omics[:5] += z
+        t = float(torch.empty(1).exponential_(1.0, generator=g)) * math.exp(-2.5 * z) * 20
+        event = int(torch.rand(1, generator=g) < 0.8)
+        x = torch.arange(n_patch) * 256
+        coords = torch.stack([x, torch.zeros_like(x)], 1)
+        bags.append(Bag(f"c{i}", feats, coords, omics=omics, time=t, event=event))
+    return bags
+
+
+class NoOmicsBag(Bag):
+    """A bag that fails the test whenever ``omics`` is read."""
+
+    def __getattribute__(self, name):
+        if name == "omics":
+            raise AssertionError("student read bag.omics")
+        return super().__getattribute__(name)
+
+
+def test_stages_and_tasks():
+    st = stages(Config())
+    assert [s.name for s in st] == ["teacher", "student", "student_no_kd", "abmil", "omics_only"]
+    assert st[1].requires == ("teacher",)
+    assert TASKS == ("survival",)
+    with pytest.raises(DataError, match="alpha"):
+        Config(alpha=1.5)
+
+
+def test_student_parameter_count_near_paper():
+    info = DataInfo(
+        task="survival", feat_dim=1024, n_genes=4999,
+        pathways=[list(range(i, i + 20)) for i in range(331)],
+    )
+    student = stages(Config())[1].build(info, {})
+    n = sum(p.numel() for p in student.parameters())
+    assert 0.5e6 < n < 1.5e6  # paper: 803 K
+
+
+def test_student_never_reads_omics_and_explains(one_thread):
+    info = small_info()
+    st = stages(SMALL)
+    teacher = st[0].build(info, {}).requires_grad_(False).eval()
+    student = st[1].build(info, {"teacher": teacher}).eval()
+    src = planted_bags(1, 0)[0]
+    bag = NoOmicsBag(src.case_id, src.feats, src.coords)
+    pred = student.predict(bag)
+    assert pred.risk.dim() == 0 and pred.attention.shape == (40,)
+    assert float(pred.attention.sum()) == pytest.approx(1.0, abs=1e-5)
+    ex = student.explain(bag)
+    assert len(ex.pathway_scores) == 8 and len(ex.pathway_maps) == 8
+    assert all(m.shape == (40,) for m in ex.pathway_maps.values())
+    plain = Bag(src.case_id, src.feats, src.coords, omics=None)
+    assert torch.isfinite(student.predict(plain).risk)
+    with pytest.raises(DataError, match="needs omics"):
+        teacher.predict(plain)
+    tex = teacher.explain(src)
+    assert float(tex.attention.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_student_checkpoint_excludes_teacher_and_rebuilds_without_it(one_thread):
+    info = small_info()
+    st = stages(SMALL)
+    teacher = st[0].build(info, {}).requires_grad_(False).eval()
+    student = st[1].build(info, {"teacher": teacher}).eval()
+    state = model_state(student)
+    assert not any(k.startswith("teacher.") for k in state)
+    fresh = st[1].build(info, {}).eval()  # inference from a checkpoint: no teacher
+    load_model_state(fresh, state, "test")
+    bag = planted_bags(1, 1)[0]
+    torch.testing.assert_close(fresh.predict(bag).risk, student.predict(bag).risk)
+    with pytest.raises(HistoKDError, match="teacher"):
+        fresh.loss([bag, bag])
+
+
+def test_distillation_loss_components_add_up(one_thread):
+    info = small_info()
+    st = stages(SMALL)
+    teacher = st[0].build(info, {}).requires_grad_(False).eval()
+    student = st[1].build(info, {"teacher": teacher}).eval()
+    bags = planted_bags(6, 2)
+    out = student.loss(bags)
+    r_s, e_s, r_t, e_t = [], [], [], []
+    for b in bags:
+        r, e, _ = student.forward_bag(b.feats)
+        rt, g2p, _ = teacher.forward_bag(b.feats, b.omics)
+        r_s.append(r), e_s.append(e), r_t.append(rt), e_t.append(g2p)
+    r_s, r_t = torch.stack(r_s), torch.stack(r_t)
+    l_s, l_t = batch_cox(r_s, bags), batch_cox(r_t, bags)
+    expected = total_loss(
+        ge_loss(torch.stack(e_s), torch.stack(e_t)), kd_loss(r_s, r_t, 2.0), l_s,
+        arr_loss(r_s, r_t, l_s, l_t), 0.75,
+    )
+    torch.testing.assert_close(out["loss"], expected)
+    assert out["loss"].requires_grad
+    no_kd = st[2].build(info, {}).eval()
+    assert set(no_kd.loss(bags)) == {"loss", "cox"}
+
+
+def _fit(model, bags, epochs, lr=3e-3, batch=16, seed=0):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        if getattr(model, "teacher", None) is not None:
+            model.teacher.eval()
+        order = torch.randperm(len(bags), generator=g).tolist()
+        for s in range(0, len(order), batch):
+            loss = model.loss([bags[i] for i in order[s : s + batch]])["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+def _cindex(model, bags):
+    with torch.no_grad():
+        risk = [float(model.predict(b).risk) for b in bags]
+    return c_index([b.time for b in bags], np.array(risk), [b.event for b in bags])
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_teacher_and_student_learn_planted_signal(one_thread):
+    torch.manual_seed(0)
+    info = small_info()
+    train, test = planted_bags(64, 10), planted_bags(40, 11)
+    st = stages(SMALL)
+    teacher = st[0].build(info, {})
+    _fit(teacher, train, epochs=6)
+    c_teacher = _cindex(teacher, test)
+    teacher.requires_grad_(False)
+    student = st[1].build(info, {"teacher": teacher})
+    _fit(student, train, epochs=6)
+    c_student = _cindex(student, test)
+    assert c_teacher > 0.7, c_teacher  # oracle (true latent risk): 0.83
+    assert c_student > 0.7, c_student
+
+
+def test_trains_with_the_engine_trainer(one_thread, tmp_path):
+    from histokd_core.train.trainer import Trainer, TrainConfig
+
+    info = small_info()
+    bags = planted_bags(24, 3)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, device="cpu", patience=5)
+    st = stages(SMALL)
+    teacher = st[0].build(info, {})
+    Trainer().fit(teacher, bags[:16], bags[16:], cfg)
+    teacher.requires_grad_(False)
+    student = st[1].build(info, {"teacher": teacher})
+    before = teacher.head[0].weight.clone()
+    state = tmp_path / "s.safetensors"
+    result = Trainer().fit(student, bags[:16], bags[16:], cfg, state_path=state)
+    assert result.epochs_run == 2
+    assert "train_ge" in result.history[-1] and "train_kd" in result.history[-1]
+    torch.testing.assert_close(teacher.head[0].weight, before)  # the teacher stays frozen
