@@ -1,0 +1,159 @@
+"""One slide through a trained checkpoint: features (stored or extracted now) -> Explanation.
+
+This is what the napari Analyse widget runs in its worker thread; it never imports Qt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histokd_core.errors import DataError, HistoKDError
+from histokd_core.methods.base import Explanation
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+
+
+class AnalysisCancelled(HistoKDError):
+    """The user cancelled an analysis."""
+
+
+@dataclass
+class Analysis:
+    """Result of :func:`analyse_slide`.
+
+    Attributes
+    ----------
+    explanation : the model's per-patch maps, risk/probability and risk group.
+    meta : the checkpoint's metadata (method, stage, fold, data_info, ...).
+    slide_id : features store name of the slide.
+    features_path : where the features were read from (a store written now with "extract now").
+    slide_path : the slide file, when known (for crops and the slide's mpp).
+    """
+
+    explanation: Explanation
+    meta: dict
+    slide_id: str
+    features_path: Path
+    slide_path: Path | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.meta.get("method", ""))
+
+
+def risk_group_from_run(checkpoint: Path, stage: str, risk: float) -> str | None:
+    """"high"/"low" against the median risk of the fold's test cases (``predictions.csv`` beside
+    the checkpoint, the split of the run's KM plot); None when the run left no predictions."""
+    path = Path(checkpoint).parent / "predictions.csv"
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    if "risk" not in table.columns:
+        return None
+    risks = table.loc[table["model"] == stage, "risk"].to_numpy(dtype=float)
+    if risks.size == 0:
+        return None
+    return "high" if risk > float(np.median(risks)) else "low"
+
+
+def analyse_slide(
+    checkpoint: str | os.PathLike,
+    features: str | os.PathLike | None = None,
+    slide_id: str | None = None,
+    slide_path: str | os.PathLike | None = None,
+    extract_to: str | os.PathLike | None = None,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Analysis:
+    """Explain one slide with a trained (slide-only) model.
+
+    Parameters
+    ----------
+    checkpoint : ``<stage>.safetensors`` written by ``histokd train`` (any method).
+    features : a feature store folder, one ``.zarr``/``.h5``/``.pt`` file, or None to extract.
+    slide_id : the slide's name in the store (default: the slide or feature file's name).
+    slide_path : the slide file, needed to extract features now.
+    extract_to : store root for features extracted now (with the checkpoint's encoder).
+    device : "auto" (CUDA when present), "cpu", "cuda".
+    progress : ``progress(fraction 0..1, message)``.
+    should_stop : polled between steps (and during extraction); True cancels with
+        :class:`AnalysisCancelled`.
+    """
+    from histokd_core.cli.predict import load_slide_bag
+    from histokd_core.features.store import slide_id_of
+    from histokd_core.train import load_model, resolve_device
+
+    def step(frac: float, msg: str) -> None:
+        if should_stop is not None and should_stop():
+            raise AnalysisCancelled("analysis cancelled")
+        if progress is not None:
+            progress(frac, msg)
+
+    checkpoint = Path(checkpoint)
+    step(0.0, f"loading {checkpoint.name}")
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, dev)
+    if model.needs_omics:
+        raise DataError(
+            f"{checkpoint}: stage {meta.get('stage')!r} needs omics at inference; choose a student "
+            "or slide-only checkpoint"
+        )
+    if features is None or str(features) == "":
+        if slide_path is None or extract_to is None:
+            raise DataError("features: choose a feature store, or a slide and a folder to extract into")
+        from histokd_core.features import extract_slide
+
+        encoder = meta.get("encoder_id") or meta.get("data_info", {}).get("encoder_id")
+        if not encoder:
+            raise DataError(f"{checkpoint}: the checkpoint does not say which encoder made its features")
+        slide_id = slide_id or slide_id_of(Path(slide_path).name)
+
+        def extract_progress(done: int, total: int) -> None:
+            step(0.1 + 0.6 * done / max(total, 1), f"extracting features {done}/{total}")
+
+        mags = ("20x", "10x") if meta.get("data_info", {}).get("has_10x") else ("20x",)
+        extract_slide(slide_path, extract_to, encoder, magnifications=mags, slide_id=slide_id,
+                      progress=extract_progress)
+        features = Path(extract_to)
+    features = Path(features)
+    step(0.75, "reading features")
+    bag, sf = load_slide_bag(features, slide_id, bool(meta.get("data_info", {}).get("has_10x")))
+    expected = int(meta["data_info"]["feat_dim"])
+    if bag.feats.shape[1] != expected:
+        raise DataError(
+            f"{features}: features have d = {bag.feats.shape[1]}, the model was trained on d = {expected} "
+            f"({meta.get('encoder_id') or 'unknown encoder'})"
+        )
+    step(0.8, f"explaining {bag.feats.shape[0]} patches")
+    import torch
+
+    with torch.no_grad():
+        expl = model.explain(bag.to(dev))
+    if expl.risk is None and model.task == "survival":
+        from histokd_core.survival.losses import discrete_risk
+
+        with torch.no_grad():
+            pred = model.predict(bag.to(dev))
+        if pred.risk is not None:
+            expl.risk = float(pred.risk)
+        elif pred.logits is not None:
+            expl.risk = float(discrete_risk(pred.logits.float()))
+    if expl.risk_group is None:
+        if expl.risk is not None:
+            expl.risk_group = risk_group_from_run(checkpoint, str(meta.get("stage")), expl.risk)
+        elif expl.probability is not None:
+            expl.risk_group = "positive" if expl.probability >= 0.5 else "negative"
+    step(1.0, "done")
+    return Analysis(explanation=expl, meta=meta, slide_id=bag.case_id, features_path=features,
+                    slide_path=Path(slide_path) if slide_path else None)

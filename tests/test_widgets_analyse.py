@@ -1,0 +1,244 @@
+"""Analyse widget and overlays under Xvfb: a checkpoint trained here, a synthetic slide with a
+planted region, layers aligned with the slide, pathway selector, GeoJSON round trip."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from histokd_core.features.store import write_slide_features
+from histokd_core.methods.base import Bag, DataInfo, Explanation
+from histokd_core.synthetic import PlantedRegion, write_synthetic_slide
+from histokd_core.train import TrainConfig, run_cv
+from napari_histokd._layers import explanation_layers
+from napari_histokd._reader import read_slides
+
+pytestmark = pytest.mark.gui
+
+MPP = 0.5
+P = 256
+H, W = 2048, 3072
+REGION = PlantedRegion("tumor", y0=768, x0=1792, y1=1280, x1=2560)  # 2 x 3 patches
+D = 16
+
+
+def lattice() -> np.ndarray:
+    ys, xs = np.mgrid[0:H:P, 0:W:P]
+    return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
+
+
+def planted_feats(coords, box, rng, direction):
+    x0, y0, x1, y1 = box
+    f = rng.normal(size=(len(coords), D)).astype(np.float32)
+    inside = (coords[:, 0] >= x0) & (coords[:, 0] < x1) & (coords[:, 1] >= y0) & (coords[:, 1] < y1)
+    f[inside] += 3.0 * direction
+    return f, inside
+
+
+def make_bags(n, seed, direction):
+    """Half the bags carry a planted 2 x 3 patch box (label 1), the others none (label 0)."""
+    rng = np.random.default_rng(seed)
+    coords = lattice()
+    bags = []
+    for i in range(n):
+        label = i % 2
+        c0, r0 = rng.integers(0, W // P - 3), rng.integers(0, H // P - 2)
+        box = (c0 * P, r0 * P, (c0 + 3) * P, (r0 + 2) * P) if label else (0, 0, 0, 0)
+        f, _ = planted_feats(coords, box, rng, direction)
+        bags.append(Bag(case_id=f"c{seed}_{i}", feats=torch.from_numpy(f), coords=torch.from_numpy(coords),
+                        patch_size=P, label=label))
+    return bags
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A synthetic slide, its features (planted where the slide's region is) and an ABMIL
+    checkpoint trained here to find the planted patches."""
+    root = tmp_path_factory.mktemp("analyse")
+    slide = write_synthetic_slide(root / "slide.tif", (H, W), mpp=MPP, regions=[REGION], seed=1,
+                                  tissue=False, workers=1)
+    direction = np.zeros(D, dtype=np.float32)
+    direction[:4] = 1.0
+    info = DataInfo(task="classification", feat_dim=D, n_classes=2, encoder_id="test-enc")
+    parts = [make_bags(16, s, direction) for s in (1, 2)]
+    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
+        train=parts[0], val=parts[1][:8], test=parts[1][8:], info=info))
+    torch.manual_seed(0)
+    run_cv("histokd_core.methods.baselines", {"models": ["abmil"]}, data, root / "run",
+           TrainConfig(epochs=6, lr=3e-3, batch_size=4, seed=0, device="cpu", patience=50, num_threads=1), folds=[0])
+    coords = lattice()
+    f, inside = planted_feats(coords, (REGION.x0, REGION.y0, REGION.x1, REGION.y1),
+                              np.random.default_rng(9), direction)
+    write_slide_features(root / "feats", "slide", "20x", f, coords,
+                         {"encoder_id": "test-enc", "patch_size_level0": P, "mpp": MPP})
+    return SimpleNamespace(slide=slide, checkpoint=root / "run" / "fold_0" / "abmil.safetensors",
+                           features=root / "feats", inside=inside, coords=coords, root=root)
+
+
+def outer_bounds(layer):
+    """World ``(2, 2)`` outer pixel edges of the last two axes (extent.world spans pixel centres)."""
+    ext = np.asarray(layer.extent.world)[:, -2:]
+    half = np.asarray(layer.scale[-2:]) / 2
+    return np.stack([ext[0] - half, ext[1] + half])
+
+
+def test_analyse_widget_overlays_align_with_the_planted_region(make_napari_viewer, qtbot, trained):
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_slides(str(trained.slide.path))
+    slide_layer = viewer.add_image(data, **kwargs)
+    w = AnalyseWidget(viewer)
+    assert w.slide.currentText() == slide_layer.name
+    w.checkpoint.setText(str(trained.checkpoint))
+    w.features.setText(str(trained.features))
+    w.slide_id.setText("slide")
+    w.device.setCurrentText("cpu")
+    progress = []
+    w.signals.progress.connect(lambda f, m: progress.append(f))
+    assert w.start() is not None
+    qtbot.waitUntil(w.run_btn.isEnabled, timeout=60_000)
+    assert w.analysis is not None, w.status.text()
+    assert progress and progress[-1] == 1.0
+    heat = w.layers["attention"]
+    # extent: the heatmap covers exactly the slide (the lattice tiles it) in microns
+    np.testing.assert_allclose(outer_bounds(heat), outer_bounds(slide_layer), atol=1e-6)
+    # the attention maximum lies inside the planted region, in world coordinates
+    r, c = np.unravel_index(np.nanargmax(heat.data), heat.data.shape)
+    y_um, x_um = np.asarray(heat.data_to_world((r, c)))
+    assert REGION.x0 * MPP <= x_um < REGION.x1 * MPP and REGION.y0 * MPP <= y_um < REGION.y1 * MPP
+    # and the slide layer value under it is the planted texture's pixel (same world point)
+    px = np.round(np.asarray(slide_layer.world_to_data((y_um, x_um)))).astype(int)
+    assert REGION.y0 <= px[0] < REGION.y1 and REGION.x0 <= px[1] < REGION.x1
+    assert np.isfinite(heat.data).all()
+    assert "P(positive)" in w.prediction.text()
+    assert "group:" in w.prediction.text()
+
+
+def test_analyse_widget_errors_become_notifications(make_napari_viewer, qtbot, trained, monkeypatch):
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_slides(str(trained.slide.path))
+    viewer.add_image(data, **kwargs)
+    w = AnalyseWidget(viewer)
+    w.checkpoint.setText(str(trained.root / "missing.safetensors"))
+    w.features.setText(str(trained.features))
+    assert w.start() is not None
+    qtbot.waitUntil(w.run_btn.isEnabled, timeout=30_000)
+    assert shown and "missing.safetensors" in shown[0]
+    assert w.run_btn.isEnabled() and w.analysis is None
+
+
+def rich_explanation():
+    """Every overlay kind at once (as AMKD, subspace and MoMKD fill them)."""
+    coords = lattice()
+    n = len(coords)
+    rng = np.random.default_rng(0)
+    a = rng.random(n)
+    return Explanation(
+        coords=coords, patch_size=P, attention=a / a.sum(),
+        pathway_maps={"HALLMARK_HYPOXIA": rng.random(n), "HALLMARK_APOPTOSIS": np.arange(n, dtype=float)},
+        pathway_scores={"HALLMARK_HYPOXIA": 0.2, "HALLMARK_APOPTOSIS": 0.7},
+        clusters={"tumor": rng.integers(-1, 3, n), "tme": rng.integers(0, 2, n)},
+        memory=rng.random((2, n)), memory_names=["C+0", "C-0"],
+        top_patches={"C+0": np.array([0, 1, 2]), "C-0": np.array([5, 6, 7])},
+        probability=0.8, risk_group="positive",
+    )
+
+
+def test_pathway_selector_swaps_map_and_legends(make_napari_viewer, trained):
+    from histokd_core.explain.analyse import Analysis
+    from napari_histokd._widgets.analyse import AnalyseWidget, add_analysis_layers
+
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_slides(str(trained.slide.path))
+    slide_layer = viewer.add_image(data, **kwargs)
+    w = AnalyseWidget(viewer)
+    expl = rich_explanation()
+    w.analysis = Analysis(expl, {"method": "test"}, "s", trained.features)
+    w.layers = add_analysis_layers(viewer, w.analysis, MPP)
+    w.show_results()
+    assert {"attention", "pathway", "clusters:tumor", "clusters:tme", "memory", "top_patches"} <= set(w.layers)
+    # ranked: APOPTOSIS (0.7) first, and shown first
+    assert w.pathways.item(0).text().startswith("HALLMARK_APOPTOSIS")
+    layer = w.layers["pathway"]
+    before = np.array(layer.data)
+    w.pathways.setCurrentRow(1)
+    assert layer.metadata["pathway"] == "HALLMARK_HYPOXIA"
+    assert not np.allclose(np.array(layer.data), before, equal_nan=True)
+    # Labels: ids shifted by one, -1 is background, legend of sizes
+    tumor = w.layers["clusters:tumor"]
+    assert tumor.metadata["legend"] == {k: int((expl.clusters["tumor"] == k).sum()) for k in range(3)}
+    assert "tumor: #0:" in w.clusters_legend.text()
+    for lyr in (layer, tumor, w.layers["attention"]):
+        np.testing.assert_allclose(outer_bounds(lyr), outer_bounds(slide_layer), atol=1e-6)
+    # memory selector shows the component and its top patches
+    w.component.setCurrentIndex(1)
+    assert viewer.dims.point[0] == 1
+    assert w.layers["top_patches"].shown.tolist() == [False] * 3 + [True] * 3
+    assert "P(positive) 0.800" in w.prediction.text() and "positive" in w.prediction.text()
+
+
+def test_layers_follow_a_pixel_unit_slide():
+    expl = rich_explanation()
+    layers = {k["name"]: (d, k, t) for d, k, t in explanation_layers(expl, world_mpp=1.0)}
+    d, k, t = layers["attention"]
+    assert k["scale"] == (256.0, 256.0) and k["translate"] == (127.5, 127.5)
+    d, k, t = layers["memory components"]
+    assert d.shape == (2, H // P, W // P) and k["scale"] == (1.0, 256.0, 256.0)
+
+
+def test_export_widget_regions_top_patches_and_overwrite(make_napari_viewer, trained, tmp_path):
+    from histokd_core.explain import rasterize, threshold_regions
+    from histokd_core.explain.analyse import Analysis
+    from histokd_core.export import read_geojson
+    from napari_histokd._widgets.analyse import add_analysis_layers
+    from napari_histokd._widgets.export import ExportWidget
+
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_slides(str(trained.slide.path))
+    viewer.add_image(data, **kwargs)
+    expl = rich_explanation()
+    layers = add_analysis_layers(viewer, Analysis(expl, {}, "s", trained.features, trained.slide.path), MPP)
+    w = ExportWidget(viewer)
+    w.heatmap.setCurrentText(layers["attention"].name)
+    w.set_quantile()
+    thr = w.threshold.value()
+    out = tmp_path / "regions.geojson"
+    w.out.setText(str(out))
+    assert w.export_regions() == out
+    expected = threshold_regions(rasterize(expl.coords, expl.attention, P), thr)
+    anns = read_geojson(out)
+    assert len(anns) == len(expected)
+    assert anns[0].geometry.equals(expected[0].polygon)
+    assert anns[0].measurements["Area µm^2"] == pytest.approx(expected[0].polygon.area * MPP**2)
+    shapes = viewer.layers[f"{layers['attention'].name} regions"]
+    # the region outline lies on patch edges in world microns: (x - 0.5) * mpp
+    xs = np.asarray(shapes.data[0])[:, 1] / MPP + 0.5
+    assert np.allclose(xs % P, 0)
+    # overwrite: refused without confirmation, replaced with it
+    w.confirm_overwrite = lambda path: False
+    before = out.read_bytes()
+    assert w.export_regions() is None and out.read_bytes() == before and "kept" in w.status.text()
+    w.confirm_overwrite = lambda path: True
+    assert w.export_regions() == out
+    # top-k patches: CSV + PNG crops at level 1
+    w.top_k.setValue(4)
+    w.level.setValue(1)
+    w.out.setText(str(tmp_path / "top.csv"))
+    path = w.export_top_patches()
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    assert len(table) == 4 and table["attention"].is_monotonic_decreasing
+    assert {"cluster_tumor", "cluster_tme"} <= set(table.columns)
+    assert len(list((tmp_path / "top").glob("*.png"))) == 4
+    # errors become a status line + notification, not an exception
+    w.heatmap.clear()
+    assert w._guard(w.export_regions) is None and "Analyse" in w.status.text()
