@@ -376,3 +376,36 @@ class CohortData:
                 f"task={self.task}, d={self.feat_dim}, genes={genes}, "
                 f"folds={self.n_folds})")
 
+
+def slide_bag(
+    features: str | os.PathLike, slide_id: str | None = None, with_10x: bool = False
+) -> tuple[Bag, SlideFeatures]:
+    """A :class:`Bag` (no outcome, no omics) of one slide's features, for inference.
+
+    ``features`` is one slide's store/bag file (``.zarr``, ``.h5``, ``.pt``) or a store root /
+    folder, in which case ``slide_id`` names the slide. Returns the bag and its features.
+    """
+    features = Path(features)
+    if features.is_file() or features.suffix == ".zarr":
+        root, slide_id = features.parent, slide_id or slide_id_of(features.name)
+    elif slide_id is None:
+        raise DataError(f"{features}: a folder or store; pass --slide-id to choose the slide")
+    else:
+        root = features
+    sf = open_features(root, slide_id)
+    mag = "20x" if "20x" in sf.magnifications else None
+    feats = np.asarray(sf.feats(mag), dtype=np.float32)
+    if feats.shape[0] == 0:
+        raise DataError(f"{features}: slide {slide_id} has no patches")
+    bag = Bag(
+        case_id=slide_id,
+        feats=torch.from_numpy(feats),
+        coords=torch.from_numpy(np.asarray(sf.coords(mag), dtype=np.int64)),
+        slide_index=torch.zeros(feats.shape[0], dtype=torch.int64),
+        patch_size=int(sf.patch_size_level0(mag) or 256),
+    )
+    if with_10x and "10x" in sf.magnifications:
+        bag.feats_10x = torch.from_numpy(np.asarray(sf.feats("10x"), dtype=np.float32))
+        bag.coords_10x = torch.from_numpy(np.asarray(sf.coords("10x"), dtype=np.int64))
+        bag.slide_index_10x = torch.zeros(bag.feats_10x.shape[0], dtype=torch.int64)
+    return bag, sf

@@ -107,13 +107,11 @@ def _print_table(metrics: dict) -> None:
 def _overlays(run_dir: Path, data_dir: Path, features: Path, out_dir: Path) -> list[Path]:
     """Attention and top-pathway heatmaps of one test slide of fold 0, over its thumbnail."""
     from histokd_core.explain.render import overlay_png
-    from histokd_core.features import open_features
-    from histokd_core.methods.base import Bag
+    from histokd_core.dataset import slide_bag
     from histokd_core.slide import open_slide
     from histokd_core.train import load_model
 
     import pandas as pd
-    import torch
 
     predictions = pd.read_csv(run_dir / "fold_0" / "predictions.csv")
     student = predictions[predictions["model"] == "student"].sort_values("risk", ascending=False)
@@ -122,10 +120,7 @@ def _overlays(run_dir: Path, data_dir: Path, features: Path, out_dir: Path) -> l
     slide_id = cohort.loc[cohort["case_id"] == case_id, "slide_id"].iloc[0]
     slide_path = data_dir / "slides" / f"{Path(str(slide_id)).stem}.tif"
     model, _ = load_model(run_dir / "fold_0" / "student.safetensors")
-    feats = open_features(features, slide_path.stem)
-    bag = Bag(case_id=slide_path.stem, feats=torch.as_tensor(feats.feats("20x")),
-              coords=torch.as_tensor(feats.coords("20x")),
-              patch_size=int(feats.patch_size_level0("20x")))
+    bag, _ = slide_bag(features, slide_path.stem)
     explanation = model.eval().explain(bag)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_slide(slide_path) as slide:

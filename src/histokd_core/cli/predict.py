@@ -43,38 +43,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def load_slide_bag(features: Path, slide_id: str | None, with_10x: bool = False):
-    """A :class:`Bag` (no outcome, no omics) of one slide's features."""
-    import torch
-
-    from histokd_core.features.store import open_features, slide_id_of
-    from histokd_core.methods.base import Bag
-
-    if features.is_file():
-        root, slide_id = features.parent, slide_id or slide_id_of(features.name)
-    elif slide_id is None:
-        raise DataError(f"{features}: a folder or store; pass --slide-id to choose the slide")
-    else:
-        root = features
-    sf = open_features(root, slide_id)
-    mag = "20x" if "20x" in sf.magnifications else None
-    feats = np.asarray(sf.feats(mag), dtype=np.float32)
-    if feats.shape[0] == 0:
-        raise DataError(f"{features}: slide {slide_id} has no patches")
-    bag = Bag(
-        case_id=slide_id,
-        feats=torch.from_numpy(feats),
-        coords=torch.from_numpy(np.asarray(sf.coords(mag), dtype=np.int64)),
-        slide_index=torch.zeros(feats.shape[0], dtype=torch.int64),
-        patch_size=int(sf.patch_size_level0(mag) or 256),
-    )
-    if with_10x and "10x" in sf.magnifications:
-        bag.feats_10x = torch.from_numpy(np.asarray(sf.feats("10x"), dtype=np.float32))
-        bag.coords_10x = torch.from_numpy(np.asarray(sf.coords("10x"), dtype=np.int64))
-        bag.slide_index_10x = torch.zeros(bag.feats_10x.shape[0], dtype=torch.int64)
-    return bag, sf
-
-
 def explanation_table(expl) -> tuple[list[str], np.ndarray]:
     """Columns and ``(n, c)`` values of every per-patch map of an Explanation."""
     n = expl.coords.shape[0]
@@ -101,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
+    from histokd_core.dataset import slide_bag
     from histokd_core.io import atomic_path, atomic_write_text, check_writable
     from histokd_core.train import load_model, resolve_device
 
@@ -113,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.checkpoint}: stage {meta['stage']!r} needs omics at inference; predict slides "
             "with a student or a slide-only baseline"
         )
-    bag, sf = load_slide_bag(args.features, args.slide_id, bool(meta["data_info"].get("has_10x")))
+    bag, sf = slide_bag(args.features, args.slide_id, bool(meta["data_info"].get("has_10x")))
     expected = int(meta["data_info"]["feat_dim"])
     if bag.feats.shape[1] != expected:
         raise DataError(

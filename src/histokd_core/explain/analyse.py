@@ -90,7 +90,7 @@ def analyse_slide(
     should_stop : polled between steps (and during extraction); True cancels with
         :class:`AnalysisCancelled`.
     """
-    from histokd_core.cli.predict import load_slide_bag
+    from histokd_core.dataset import slide_bag
     from histokd_core.features.store import slide_id_of
     from histokd_core.train import load_model, resolve_device
 
@@ -128,7 +128,7 @@ def analyse_slide(
         features = Path(extract_to)
     features = Path(features)
     step(0.75, "reading features")
-    bag, sf = load_slide_bag(features, slide_id, bool(meta.get("data_info", {}).get("has_10x")))
+    bag, sf = slide_bag(features, slide_id, bool(meta.get("data_info", {}).get("has_10x")))
     expected = int(meta["data_info"]["feat_dim"])
     if bag.feats.shape[1] != expected:
         raise DataError(
