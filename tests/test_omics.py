@@ -93,6 +93,10 @@ def test_read_expression_formats_and_errors(tmp_path):
     rna_clean = df.drop_duplicates("case_id").set_index("case_id").rename_axis(None)
     rna_clean.to_csv(tmp_path / "rna_clean.csv")
     assert read_expression(tmp_path / "rna_clean.csv").index.tolist() == ["a", "b"]
+    rna_clean.rename_axis("case_id").reset_index().to_parquet(tmp_path / "e.parquet")
+    parquet = read_expression(tmp_path / "e.parquet")
+    assert parquet.index.tolist() == ["a", "b"]
+    np.testing.assert_array_equal(parquet.to_numpy(), expr.to_numpy())
     df.loc[2, "G1"] = 9.0
     with pytest.raises(DataError, match="case.*b.*different values"):
         read_expression(df)
