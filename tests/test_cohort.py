@@ -205,7 +205,7 @@ def test_survpath_split_folder(hnsc, tmp_path):
         Folds.load_csv(tmp_path / "empty")
 
 
-def test_parquet_without_engine_is_a_data_error(tmp_path):
+def test_unreadable_parquet_is_a_data_error(tmp_path):
     path = tmp_path / "cohort.parquet"
     path.write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match="cohort.parquet"):
