@@ -18,10 +18,6 @@ from pathlib import Path
 
 log = logging.getLogger("histokd.demo")
 
-#: A compact AMKD (d = 64 instead of 256) so the demo's 25 trainings fit in minutes on 2 CPU
-#: cores; ``histokd train`` uses the full-size default configuration.
-DEMO_AMKD = {"dim": 64, "dim_head": 32, "pathway_hidden": 32}
-
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -31,8 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="histokd-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--cases", type=int, default=40, help="synthetic cases (default: %(default)s)")
-    p.add_argument("--slide-size", type=int, default=2560,
+    p.add_argument("--cases", type=int, default=64, help="synthetic cases (default: %(default)s)")
+    p.add_argument("--slide-size", type=int, default=2048,
                    help="slide side in level-0 px at 0.5 um/px (default: %(default)s)")
     p.add_argument("--encoder", default="efficientnet-lite0",
                    help="patch encoder spec (default: %(default)s; 'hed-texture' is faster)")
@@ -96,7 +92,7 @@ def _train(args, data_dir: Path, features: Path, run_dir: Path) -> dict:
     log.info("[4/5] AMKD %d-fold cross-validation (teacher, student, student_no_kd, abmil, "
              "omics_only) -> %s", args.folds, run_dir)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed)
-    result = run_cv("amkd", DEMO_AMKD, data, run_dir, config, callbacks=[LoggingCallback(log)],
+    result = run_cv("amkd", None, data, run_dir, config, callbacks=[LoggingCallback(log)],
                     resume=run_dir.exists())
     return result.metrics
 
