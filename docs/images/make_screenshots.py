@@ -1,13 +1,16 @@
 """Regenerate the screenshots of docs/user-guide.md and docs/training.md (needs a display:
-``xvfb-run -a .venv/bin/python docs/images/make_screenshots.py``).
+``xvfb-run -a .venv/bin/python docs/images/make_screenshots.py [--only NAME ...]``).
 
 Everything shown is computed: a synthetic slide with a planted tumour region, an ABMIL model
 trained here to find planted patches, the Analyse and Export docks, and the Train dock running
-the baselines on a synthetic feature cohort.
+the baselines on a synthetic feature cohort. The method overlays (AMKD pathway heatmap, subspace
+tumour/TME clusters, MoMKD memory components) come from tiny AMKD, subspace and MoMKD models
+trained here on a synthetic image cohort (real pyramidal slides, ``hed-texture`` features).
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,7 +52,8 @@ def bags(n, seed, direction):
     return out
 
 
-def main() -> None:
+def base_screenshots(tmp: Path) -> None:
+    """analyse_attention.png, export_regions.png and train_dock.png."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -58,7 +62,6 @@ def main() -> None:
     from napari_histokd._widgets.export import ExportWidget
     from napari_histokd._widgets.train import TrainWidget
 
-    tmp = Path(tempfile.mkdtemp())
     slide = write_synthetic_slide(tmp / "slide.tif", (H, W), mpp=MPP, regions=[REGION], seed=1)
     direction = np.zeros(D, np.float32)
     direction[:4] = 1
@@ -123,6 +126,152 @@ def main() -> None:
     app.processEvents()
     viewer.window.screenshot(str(HERE / "train_dock.png"), canvas_only=False)
     viewer.close()
+
+
+def image_cohort(tmp: Path):
+    """A 14-case synthetic image cohort with 20x + 10x hed-texture features."""
+    from histokd_core.features import extract_slide, get_encoder
+    from histokd_core.synthetic import make_synthetic_cohort
+
+    cohort = make_synthetic_cohort(tmp / "image_cohort", n_cases=14, slide_size=(2048, 2048), seed=3,
+                                   workers=1, multi_slide_fraction=0.0, planted_fraction=0.4)
+    encoder = get_encoder("hed-texture", device="cpu")
+    for path in cohort.slides.values():
+        extract_slide(path, tmp / "features", encoder, magnifications=("20x", "10x"),
+                      num_workers=0, min_tissue=0.1)
+    return cohort
+
+
+def train_student(cohort, tmp: Path, method: str, config: dict, task: str) -> Path:
+    """Train ``method`` on fold 0 of ``cohort`` for a few epochs; returns the student checkpoint."""
+    from histokd_core.dataset import CohortData
+
+    data = CohortData(cohort.cohort_csv, tmp / "features", omics=cohort.omics_csv,
+                      gene_sets=cohort.gene_sets_path, task=task,
+                      label_column="label" if task == "classification" else None,
+                      n_folds=3, n_bins=2, seed=0)
+    out = tmp / f"run_{method}"
+    run_cv(method, config, data, out,
+           TrainConfig(epochs=4, lr=1e-3, device="cpu", num_threads=1), folds=[0])
+    return out / "fold_0" / "student.safetensors"
+
+
+def analysed_viewer(slide_path: Path, checkpoint: Path, features: Path):
+    """A shown viewer with ``slide_path`` opened by the plugin reader and the Analyse dock run."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_histokd._reader import read_slides
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    d, k, _ = read_slides(str(slide_path))[0]
+    viewer.add_image(d, **k)
+    analyse = AnalyseWidget(viewer)
+    viewer.window.add_dock_widget(analyse, name="Analyse slide")
+    analyse.checkpoint.setText(str(checkpoint))
+    analyse.features.setText(str(features))
+    analyse.device.setCurrentText("cpu")
+    analyse.start()
+    app = QApplication.instance()
+    while not analyse.run_btn.isEnabled() or analyse.analysis is None:
+        app.processEvents()
+    viewer.reset_view()
+    app.processEvents()
+    return viewer, analyse
+
+
+def show_only(viewer, *layers) -> None:
+    """Hide every layer except the slide (the bottom layer) and ``layers``; select the last one."""
+    for layer in list(viewer.layers)[1:]:
+        layer.visible = layer in layers
+    viewer.layers.selection.active = layers[-1]
+
+
+def pathway_screenshot(cohort, tmp: Path) -> None:
+    """analyse_pathway.png: AMKD student's pathway-conditioned heatmap + ranked pathway list."""
+    from qtpy.QtWidgets import QApplication
+
+    ckpt = train_student(cohort, tmp, "amkd", {"dim": 32, "heads": 2, "dim_head": 16,
+                                               "pathway_hidden": 32}, "survival")
+    path = next(iter(cohort.slides.values()))
+    viewer, analyse = analysed_viewer(path, ckpt, tmp / "features")
+    analyse.pathways.setCurrentRow(0)
+    show_only(viewer, analyse.layers["pathway"])
+    QApplication.instance().processEvents()
+    viewer.window.screenshot(str(HERE / "analyse_pathway.png"), canvas_only=False)
+    viewer.close()
+
+
+def clusters_screenshot(cohort, tmp: Path) -> None:
+    """analyse_clusters.png: subspace student's tumour and TME cluster maps side by side (grid
+    view, the slide under each) + the cluster-size legend."""
+    from qtpy.QtWidgets import QApplication
+
+    ckpt = train_student(cohort, tmp, "subspace", {"dim": 32, "heads": 2, "n_points": 6,
+                                                   "warmup_epochs": 1, "baselines": ()},
+                         "classification")
+    path = next(iter(cohort.slides.values()))
+    viewer, analyse = analysed_viewer(path, ckpt, tmp / "features")
+    maps = [analyse.layers["clusters:tumor"], analyse.layers["clusters:tme"]]
+    keep = {viewer.layers[0], *maps}
+    for layer in [lyr for lyr in viewer.layers if lyr not in keep]:
+        viewer.layers.remove(layer)
+    slide = viewer.layers[0]
+    copy = viewer.add_image(slide.data, name=f"{slide.name} ", scale=slide.scale,
+                            translate=slide.translate, units=slide.units, rgb=slide.rgb,
+                            multiscale=slide.multiscale)
+    viewer.layers.move(viewer.layers.index(maps[0]), len(viewer.layers))
+    for layer in maps:
+        layer.opacity = 0.6
+    viewer.layers.selection.active = maps[0]
+    if list(viewer.layers) != [slide, maps[1], copy, maps[0]]:  # grid: tumour left, TME right
+        raise RuntimeError(f"unexpected layer order: {[lyr.name for lyr in viewer.layers]}")
+    viewer.canvas.grid.stride = 2
+    viewer.canvas.grid.enabled = True
+    viewer.reset_view()
+    QApplication.instance().processEvents()
+    viewer.window.screenshot(str(HERE / "analyse_clusters.png"), canvas_only=False)
+    viewer.close()
+
+
+def memory_screenshot(cohort, tmp: Path) -> None:
+    """analyse_memory.png: MoMKD student's memory-component activation + its top-3 patches."""
+    from qtpy.QtWidgets import QApplication
+
+    ckpt = train_student(cohort, tmp, "momkd", {"n_components": 4, "wsi_dim": 32, "omics_dim": 32,
+                                                "shared_dim": 16, "cls_hidden": 16,
+                                                "compare_memory_updates": False, "baselines": ()},
+                         "classification")
+    path = next(iter(cohort.slides.values()))
+    viewer, analyse = analysed_viewer(path, ckpt, tmp / "features")
+    show_only(viewer, analyse.layers["memory"], analyse.layers["top_patches"])
+    analyse.component.setCurrentIndex(0)
+    analyse.show_component(0)
+    viewer.layers.selection.active = analyse.layers["memory"]
+    QApplication.instance().processEvents()
+    viewer.window.screenshot(str(HERE / "analyse_memory.png"), canvas_only=False)
+    viewer.close()
+
+
+METHOD_SHOTS = {"pathway": pathway_screenshot, "clusters": clusters_screenshot,
+                "memory": memory_screenshot}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=["base", *METHOD_SHOTS],
+                        help="screenshots to make (default: all)")
+    only = set(parser.parse_args(argv).only or ["base", *METHOD_SHOTS])
+    tmp = Path(tempfile.mkdtemp())
+    if "base" in only:
+        base_screenshots(tmp)
+    if only & set(METHOD_SHOTS):
+        cohort = image_cohort(tmp)
+        for name, shot in METHOD_SHOTS.items():
+            if name in only:
+                shot(cohort, tmp)
 
 
 if __name__ == "__main__":

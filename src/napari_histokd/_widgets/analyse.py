@@ -265,4 +265,9 @@ class AnalyseWidget(QWidget):
         if points is not None and index < len(names):
             maps = np.asarray(points.features["map"])
             if np.isin(names[index], maps):
-                points.shown = maps == names[index]
+                mask = maps == names[index]
+                points.shown = mask
+                # napari skips ``shown`` when every axis of a Points layer is displayed (2D points
+                # in a 2D view draw all points), so hide the other outlines through their width
+                width = points.metadata.setdefault("border_width", float(np.max(points.border_width)))
+                points.border_width = np.where(mask, width, 0.0)
