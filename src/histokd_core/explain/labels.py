@@ -13,9 +13,10 @@ from histokd_core.explain.raster import (
     MAX_CELLS,
     PatchRaster,
     _check,
-    _footprint_cells,
     _grid_shape,
     _layout,
+    covered_cells,
+    make_raster,
 )
 
 #: tab10 colours, RGB 0..255 (colour-blind-safe enough for <= 10 clusters, cycled beyond).
@@ -58,24 +59,14 @@ def rasterize_labels(
     if mode == "lattice":
         grid[cells[:, 1], cells[:, 0]] = lab + 1
     else:
-        idx, rows, cols = _footprint_cells(c, patch_size, origin, cell)
-        keep = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
-        idx, rows, cols = idx[keep], rows[keep], cols[keep]
+        idx, rows, cols = covered_cells(c, patch_size, origin, cell, shape)
         centre = c[idx] + patch_size / 2.0
         cx = origin[0] + (cols + 0.5) * cell
         cy = origin[1] + (rows + 0.5) * cell
         dist = (cx - centre[:, 0]) ** 2 + (cy - centre[:, 1]) ** 2
         order = np.argsort(-dist, kind="stable")  # nearest written last wins
         grid[rows[order], cols[order]] = lab[idx[order]] + 1
-    return PatchRaster(
-        grid=grid,
-        origin_xy=(float(origin[0]), float(origin[1])),
-        cell=cell,
-        footprint=foot,
-        mode=mode,
-        exact=exact,
-        patch_cells=np.stack([cells[:, 1], cells[:, 0]], axis=1),
-    )
+    return make_raster(grid, origin, cell, foot, mode, exact, cells)
 
 
 def cluster_sizes(labels: np.ndarray) -> dict[int, int]:

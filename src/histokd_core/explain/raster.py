@@ -164,6 +164,28 @@ def _grid_shape(coords, patch_size, origin, cell, mode, cells) -> tuple[int, int
     return int(h), int(w)
 
 
+def covered_cells(
+    coords: np.ndarray, patch_size: int, origin, cell: float, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fine mode: ``(patch index, row, col)`` of every grid cell a patch footprint covers."""
+    idx, rows, cols = _footprint_cells(coords, patch_size, origin, cell)
+    keep = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+    return idx[keep], rows[keep], cols[keep]
+
+
+def make_raster(grid, origin, cell, footprint, mode, exact, cells) -> PatchRaster:
+    """A :class:`PatchRaster` from a painted grid and the layout of :func:`rasterize`."""
+    return PatchRaster(
+        grid=grid,
+        origin_xy=(float(origin[0]), float(origin[1])),
+        cell=cell,
+        footprint=footprint,
+        mode=mode,
+        exact=exact,
+        patch_cells=np.stack([cells[:, 1], cells[:, 0]], axis=1),
+    )
+
+
 def rasterize(
     coords: np.ndarray,
     values: np.ndarray,
@@ -196,19 +218,9 @@ def rasterize(
     if mode == "lattice":
         idx, rows, cols = np.arange(len(c)), cells[:, 1], cells[:, 0]
     else:
-        idx, rows, cols = _footprint_cells(c, patch_size, origin, cell)
-        keep = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
-        idx, rows, cols = idx[keep], rows[keep], cols[keep]
+        idx, rows, cols = covered_cells(c, patch_size, origin, cell, shape)
     np.add.at(total, (rows, cols), vals[idx])
     np.add.at(count, (rows, cols), 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         grid = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return PatchRaster(
-        grid=grid,
-        origin_xy=(float(origin[0]), float(origin[1])),
-        cell=cell,
-        footprint=foot,
-        mode=mode,
-        exact=exact,
-        patch_cells=np.stack([cells[:, 1], cells[:, 0]], axis=1),
-    )
+    return make_raster(grid, origin, cell, foot, mode, exact, cells)
