@@ -83,6 +83,13 @@ def test_student_predicts_and_explains_without_omics(task):
     for ids in expl.clusters.values():
         assert ids.shape == (n,) and ids.min() >= 0 and ids.max() < CFG.n_prototypes
     assert expl.top_patches["tumor centres"].shape == (CFG.n_prototypes,)
+    with torch.no_grad():
+        weight = student.forward_bag(bag)["20x"].tumor.weight.numpy()
+    for c in range(CFG.n_prototypes):
+        top = expl.top_patches[f"tumor prototype {c}"]
+        members = np.flatnonzero(expl.clusters["tumor"] == c)
+        assert 1 <= len(top) <= 3 and set(top) <= set(members)
+        assert weight[top].min() >= np.sort(weight[members])[::-1][len(top) - 1]
     if task == "classification":
         assert 0.0 <= expl.probability <= 1.0
     else:

@@ -177,8 +177,13 @@ class SubspaceStudent(KDModel):
         logits = combine_max_confidence({m: o.logits for m, o in out.items()})
         return outcome(logits, self.task, self._attention(out["20x"]))
 
-    def explain(self, bag: Bag) -> Explanation:
-        """Per-20x-patch tumour / TME cluster ids, prototype centres, token-weight attention."""
+    def explain(self, bag: Bag, top_k: int = 3) -> Explanation:
+        """Per-20x-patch tumour / TME cluster ids and token-weight attention.
+
+        ``top_patches`` holds, per subspace, the DPC-KNN centre tokens (``"tumor centres"``) and
+        for each prototype the ``top_k`` member patches with the largest significance weight
+        (``"tumor prototype 0"``: the patches that shape that prototype most).
+        """
         with torch.no_grad():
             out = self.forward_bag(bag)
             logits = combine_max_confidence({m: o.logits for m, o in out.items()})
@@ -187,8 +192,12 @@ class SubspaceStudent(KDModel):
         top = {}
         for s, tok in (("tumor", o20.tumor), ("tme", o20.tme)):
             top[f"{s} centres"] = tok.centres.cpu().numpy()
+            weight = tok.weight.cpu().numpy()
+            assignment = tok.assignment.cpu().numpy()
             for c in range(tok.centres.shape[0]):
-                top[f"{s} prototype {c}"] = torch.nonzero(tok.assignment == c)[:, 0].cpu().numpy()
+                members = np.flatnonzero(assignment == c)
+                order = np.argsort(-weight[members], kind="stable")[:top_k]
+                top[f"{s} prototype {c}"] = members[order]
         prob = risk = None
         if self.task == "classification":
             prob = float(torch.softmax(logits, -1)[-1])
