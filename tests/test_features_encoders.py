@@ -10,7 +10,7 @@ import torch
 from skimage import data
 from skimage.transform import resize
 
-from histokd_core.features import EncoderError, get_encoder, select_device
+from histokd_core.features import EncoderError, get_encoder, select_device, spec_from_id
 from histokd_core.features import efficientnet, hed
 from histokd_core.features.encoders import TorchPatchEncoder, file_hash
 
@@ -133,6 +133,15 @@ def test_registry_errors_name_the_problem(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(EncoderError, match="not a TorchScript file"):
         get_encoder(f"torchscript:{bad}")
+
+
+def test_spec_from_id_rebuilds_the_builtin_encoders(lite0):
+    """Stores and checkpoints keep the encoder id; the built-in encoders are rebuilt from it."""
+    for enc in (lite0, get_encoder("hed-texture")):
+        assert get_encoder(spec_from_id(enc.id), device="cpu").id == enc.id
+    for encoder_id in ("timm-uni@0123abcd", "torchscript-model@0123abcd", "resnet50"):
+        with pytest.raises(EncoderError, match="histokd extract --encoder"):
+            spec_from_id(encoder_id)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed")

@@ -118,6 +118,48 @@ def test_analyse_widget_overlays_align_with_the_planted_region(make_napari_viewe
     assert "group:" in w.prediction.text()
 
 
+def test_analyse_widget_extracts_features_now(make_napari_viewer, qtbot, trained, tmp_path):
+    """"extract now": the checkpoint's encoder (rebuilt from the id its features carry) extracts
+    the open slide into the chosen folder, then the overlays appear over the slide."""
+    from histokd_core.features import get_encoder, open_features
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    enc = get_encoder("hed-texture", device="cpu")
+    info = DataInfo(task="classification", feat_dim=enc.dim, n_classes=2, encoder_id=enc.id)
+    rng = np.random.default_rng(0)
+    coords = torch.from_numpy(lattice())
+    bags = [Bag(case_id=f"h{i}", feats=torch.from_numpy(rng.normal(size=(len(coords), enc.dim)).astype(np.float32)),
+                coords=coords, patch_size=P, label=i % 2) for i in range(8)]
+    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
+        train=bags[:4], val=bags[4:6], test=bags[6:], info=info))
+    run_cv("histokd_core.methods.baselines", {"models": ["abmil"]}, data, tmp_path / "run",
+           TrainConfig(epochs=1, batch_size=4, seed=0, device="cpu", num_threads=1), folds=[0])
+
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_slides(str(trained.slide.path))
+    slide_layer = viewer.add_image(data, **kwargs)
+    w = AnalyseWidget(viewer)
+    w.checkpoint.setText(str(tmp_path / "run" / "fold_0" / "abmil.safetensors"))
+    w.extract_now.setChecked(True)
+    w.extract_to.setText(str(tmp_path / "extracted"))
+    w.device.setCurrentText("cpu")
+    messages = []
+    w.signals.progress.connect(lambda f, m: messages.append(m))
+    assert w.start() is not None
+    qtbot.waitUntil(w.run_btn.isEnabled, timeout=120_000)
+    assert w.analysis is not None, w.status.text()
+    assert any(m.startswith("extracting features") for m in messages)
+    sf = open_features(tmp_path / "extracted", "slide")
+    assert sf.attrs["encoder_id"] == enc.id
+    assert w.analysis.explanation.coords.shape[0] == len(sf.coords("20x")) > 0
+    # the heatmap spans exactly the extracted patches (tissue only), in microns on the slide
+    c = sf.coords("20x")
+    span = np.array([c.min(0), c.max(0) + P])[:, ::-1] * MPP - MPP / 2  # (y, x) outer edges
+    np.testing.assert_allclose(outer_bounds(w.layers["attention"]), span, atol=1e-6)
+    slide = outer_bounds(slide_layer)
+    assert (span[0] >= slide[0]).all() and (span[1] <= slide[1]).all()
+
+
 def test_analyse_widget_errors_become_notifications(make_napari_viewer, qtbot, trained, monkeypatch):
     from napari_histokd._widgets.analyse import AnalyseWidget
 

@@ -112,11 +112,19 @@ def analyse_slide(
     if features is None or str(features) == "":
         if slide_path is None or extract_to is None:
             raise DataError("features: choose a feature store, or a slide and a folder to extract into")
-        from histokd_core.features import extract_slide
+        from histokd_core.features import extract_slide, get_encoder, spec_from_id
 
-        encoder = meta.get("encoder_id") or meta.get("data_info", {}).get("encoder_id")
-        if not encoder:
+        encoder_id = meta.get("encoder_id") or meta.get("data_info", {}).get("encoder_id")
+        if not encoder_id:
             raise DataError(f"{checkpoint}: the checkpoint does not say which encoder made its features")
+        step(0.05, f"loading encoder {encoder_id}")
+        encoder = get_encoder(spec_from_id(encoder_id), device=str(dev))
+        if encoder.id != encoder_id:
+            raise DataError(
+                f"{checkpoint}: the model was trained on features of {encoder_id}, but the "
+                f"encoder available here is {encoder.id} (other weights); extract with the "
+                "original encoder and choose that feature store"
+            )
         slide_id = slide_id or slide_id_of(Path(slide_path).name)
 
         def extract_progress(done: int, total: int) -> None:

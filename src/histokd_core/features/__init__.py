@@ -19,6 +19,7 @@ from histokd_core.features.encoders import (
     get_encoder,
     register_encoder,
     select_device,
+    spec_from_id,
 )
 from histokd_core.features.extract import ExtractResult, ExtractStats, TileDataset, encode_tiles, extract_slide
 from histokd_core.features.store import (
@@ -55,5 +56,6 @@ __all__ = [
     "register_encoder",
     "select_device",
     "slide_id_of",
+    "spec_from_id",
     "write_slide_features",
 ]

@@ -238,6 +238,26 @@ def get_encoder(spec: str = DEFAULT_ENCODER, device: str = "auto") -> PatchEncod
     return encoder
 
 
+def spec_from_id(encoder_id: str) -> str:
+    """The spec that rebuilds the encoder whose features carry ``encoder_id``.
+
+    Feature stores and checkpoints record the encoder's :attr:`PatchEncoder.id`
+    (``"efficientnet-lite0-imagenet@<digest>"``, ``"hed-texture-v1"``), not the spec that built it.
+    The built-in encoders carry their weights, so their spec follows from the id; a ``timm`` or
+    ``torchscript`` id names no weights file, so those raise :class:`EncoderError` saying how to
+    extract the features instead.
+    """
+    encoder_id = str(encoder_id).strip()
+    for spec in ("efficientnet-lite0", "hed-texture"):
+        if encoder_id.startswith(spec):
+            return spec
+    raise EncoderError(
+        f"encoder {encoder_id!r} cannot be rebuilt from its id (its weights file is not "
+        "recorded): extract the features with `histokd extract --encoder timm:<arch>:<weights "
+        "file>` (or torchscript:<file>) and choose that feature store"
+    )
+
+
 def check_spec(spec: str) -> None:
     """Cheap validation of an encoder spec without building it: a known prefix and, for
     ``timm:``/``torchscript:``, an existing weights file. Raises :class:`EncoderError`."""
