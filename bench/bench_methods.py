@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from histokd_core.cohort import validate_cohort
 from histokd_core.dataset import CohortData
 from histokd_core.synthetic import make_feature_cohort
@@ -26,6 +28,12 @@ def _knob(text: str) -> tuple[str, int | float]:
     name, value = text.split("=", 1)
     number = float(value)
     return name, int(number) if number.is_integer() and "." not in value else number
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` with a YAML value: ``margin=0.4``, ``ema_sources=[wsi]``."""
+    name, value = text.split("=", 1)
+    return name, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -42,8 +50,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--knob", type=_knob, action="append", default=[],
                    help="SignalKnobs override NAME=VALUE (repeatable)")
-    p.add_argument("--config", type=_knob, action="append", default=[],
-                   help="method Config override NAME=VALUE (repeatable, numeric)")
+    p.add_argument("--config", type=_setting, action="append", default=[],
+                   help="method Config override NAME=VALUE, VALUE in YAML (repeatable)")
     p.add_argument("--out", default=None, help="run directory (default: a temporary one)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()

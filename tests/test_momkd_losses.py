@@ -96,7 +96,7 @@ def test_ema_update_math():
     mem.set_components(1, torch.tensor([E1, E2, [-1.0, 0.0]]))
     mem.set_components(0, torch.tensor([E1, E2, [-1.0, 0.0]]))
     before_neg = mem.components[0].clone()
-    assign = mem.ema_update(torch.tensor([[0.8, 0.6], [0.6, 0.8]]), label=1)
+    (assign,) = mem.ema_update([torch.tensor([[0.8, 0.6], [0.6, 0.8]])], label=1)
     assert assign.tolist() == [0, 1]
     expected = torch.stack([
         F.normalize(torch.tensor([0.9, 0.3]), dim=0),
@@ -110,16 +110,35 @@ def test_ema_update_math():
 def test_ema_mean_of_several_patches_and_other_modes_do_not_move():
     mem = ClassMemory(n_components=1, dim=2, mode="ema", momentum=0.75)
     mem.set_components(0, torch.tensor([E1]))
-    mem.ema_update(torch.tensor([[0.6, 0.8], [0.8, 0.6]]), label=0)
+    mem.ema_update([torch.tensor([[0.6, 0.8], [0.8, 0.6]])], label=0)
     expected = F.normalize(torch.tensor([0.75 + 0.25 * 0.7, 0.25 * 0.7]), dim=0)
     torch.testing.assert_close(mem.components[0, 0], expected)
     for mode in ("gradient", "fixed"):
         m = ClassMemory(n_components=1, dim=2, mode=mode)
         m.set_components(0, torch.tensor([E1]))
-        m.ema_update(torch.tensor([E2]), label=0)
+        m.ema_update([torch.tensor([E2])], label=0)
         torch.testing.assert_close(m.components[0, 0].detach(), torch.tensor(E1))
     assert isinstance(ClassMemory(2, 2, "gradient").components, torch.nn.Parameter)
     assert "components" in dict(ClassMemory(2, 2, "ema").named_buffers())
+
+
+def test_ema_gives_each_modality_one_vote():
+    """Patches (3 near c0) and one omics projection (near c0 too): c0's target is the mean of the
+    patch mean and the omics vector, not of all four vectors; c1 moves towards the omics only."""
+    mem = ClassMemory(n_components=2, dim=2, mode="ema", momentum=0.5)
+    mem.set_components(1, torch.tensor([E1, E2]))
+    patches = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.8, 0.6]])
+    omics = torch.tensor([[0.6, 0.8]])
+    assigns = mem.ema_update([patches, omics], label=1)
+    assert [a.tolist() for a in assigns] == [[0, 0, 0], [1]]
+    patch_mean = torch.tensor([2.8 / 3, 0.6 / 3])
+    torch.testing.assert_close(mem.components[1, 0], F.normalize(0.5 * torch.tensor(E1) + 0.5 * patch_mean, dim=0))
+    torch.testing.assert_close(mem.components[1, 1], F.normalize(torch.tensor([0.3, 0.5 + 0.4]), dim=0))
+    mem.set_components(1, torch.tensor([E1, E2]))
+    mem.ema_update([patches, torch.tensor([[0.8, 0.6]])], label=1)  # both vote for c0
+    target = 0.5 * (patch_mean + torch.tensor([0.8, 0.6]))
+    torch.testing.assert_close(mem.components[1, 0], F.normalize(0.5 * torch.tensor(E1) + 0.5 * target, dim=0))
+    torch.testing.assert_close(mem.components[1, 1], torch.tensor(E2))
 
 
 def test_memory_rejects_bad_settings():

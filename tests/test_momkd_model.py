@@ -106,6 +106,10 @@ def test_config_and_data_errors_are_clear():
         Config(memory_update="momentum")
     with pytest.raises(DataError, match="baselines"):
         Config(baselines=("clam",))
+    with pytest.raises(DataError, match="ema_sources"):
+        Config(ema_sources=("rna",))
+    with pytest.raises(DataError, match="ema_sources"):
+        Config(ema_sources=())
     with pytest.raises(DataError, match="omics"):
         MoMKDModel(dataclasses.replace(INFO, n_genes=0), Config())
     with pytest.raises(DataError, match="binary"):
@@ -214,6 +218,24 @@ def test_memory_updates_per_mode_and_only_in_training():
         model.loss(bags)
         moved = not torch.allclose(model.memory.components, before)
         assert moved == should_move
+
+
+def test_ema_memory_takes_the_omics_projection_when_asked():
+    """With ema_sources = ("wsi", "omics") the update depends on the omics; with ("wsi",) not."""
+    bags = planted_bags(4, 0)
+    moved = {}
+    for sources in (("wsi", "omics"), ("wsi",)):
+        for shift in (0.0, 3.0):
+            torch.manual_seed(0)
+            model = MoMKDModel(INFO, Config(**SMALL, ema_sources=sources), "ema")
+            model.prepare(bags)
+            shifted = [dataclasses.replace(b, omics=b.omics + shift) for b in bags]
+            model.eval()  # no dropout: the two runs differ only by the omics
+            model.training = True  # ... but apply the training-mode memory update
+            model.terms(shifted)
+            moved[sources, shift] = model.memory.components.clone()
+    assert not torch.allclose(moved[("wsi", "omics"), 0.0], moved[("wsi", "omics"), 3.0])
+    torch.testing.assert_close(moved[("wsi",), 0.0], moved[("wsi",), 3.0])
 
 
 def test_prepare_initialises_memory_from_patch_projections():

@@ -34,6 +34,8 @@ class Config:
     fixed_memory : ablation: k-means-initialised memory that is never updated.
     n_components : components per class ``K`` (16).
     ema_momentum : EMA momentum for ``memory_update = "ema"``.
+    ema_sources : projections that move the EMA memory: ``("wsi", "omics")`` (paper: the memory
+        aggregates genomic and histopathology information) or ``("wsi",)`` (patches only).
     wsi_dim : graph encoder dimension ``D`` (256); gat_heads (2); wsi_dropout (0.5).
     omics_dim : omics encoder width (256); omics_dropout (0.25).
     shared_dim : ``D_N`` (128), projection dimension of both branches and the memory.
@@ -55,6 +57,7 @@ class Config:
     fixed_memory: bool = False
     n_components: int = 16
     ema_momentum: float = 0.99
+    ema_sources: tuple[str, ...] = ("wsi", "omics")
     wsi_dim: int = 256
     gat_heads: int = 2
     wsi_dropout: float = 0.5
@@ -87,6 +90,12 @@ class Config:
             )
         if self.n_components < 1:
             raise DataError(f"momkd n_components must be >= 1, got {self.n_components}")
+        self.ema_sources = tuple(self.ema_sources)
+        if not self.ema_sources or set(self.ema_sources) - {"wsi", "omics"}:
+            raise DataError(
+                f"momkd ema_sources must be a non-empty subset of ('wsi', 'omics'), "
+                f"got {self.ema_sources!r}"
+            )
         unknown = set(self.baselines) - {"abmil", "transmil", "omics_only"}
         if unknown:
             raise DataError(

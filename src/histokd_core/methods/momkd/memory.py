@@ -2,20 +2,25 @@
 
 Three update rules (``mode``):
 
-- ``"ema"`` (the paper's momentum memory): components are buffers; after each training bag the
-  components nearest to its patch projections move towards their mean,
-  ``c_k <- normalize(m * c_k + (1 - m) * mean_{p: k(p) = k} z_p)``, own class only.
+- ``"ema"`` (the paper's momentum memory, which "aggregates genomic and histopathology
+  information across batches"): components are buffers; after each training case the own-class
+  components move towards the projections of that case nearest to them,
+  ``c_k <- normalize(m * c_k + (1 - m) * t_k)``, where ``t_k`` averages, over the modalities that
+  have a projection nearest to ``c_k``, each modality's mean of those projections (the slide's
+  patch projections and the case's omics projection, so the one omics vector has as much say as
+  the thousands of patches). ``Config.ema_sources`` can drop the omics (WSI patches only).
 - ``"gradient"`` (the public code): components are parameters trained by the optimiser from the
   commitment, orthogonality and alignment losses (never from the classifier).
 - ``"fixed"`` (ablation): k-means initialisation, then never updated.
 
-Note: in mode "ema" the memory follows the WSI patch projections only; the omics branch aligns
-itself to the memory but cannot move it, so omics knowledge reaches the slide branch only in mode
-"gradient", where the omics alignment loss trains the components (public code).
+The omics knowledge reaches the slide branch only through the memory: in mode "ema" by the
+omics projections pulling components, in mode "gradient" by the omics alignment loss training
+them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -128,22 +133,34 @@ class ClassMemory(nn.Module):
         self.components[int(label)] = F.normalize(centres.to(self.components), dim=-1)
 
     @torch.no_grad()
-    def ema_update(self, z: torch.Tensor, label: int) -> torch.Tensor:
-        """Momentum update of class ``label``'s memory from patch projections ``z (n, D)``.
+    def ema_update(self, sources: Sequence[torch.Tensor], label: int) -> list[torch.Tensor]:
+        """Momentum update of class ``label``'s memory from one training case.
 
-        Components that are nearest to no patch stay as they are. Does nothing unless the mode is
-        "ema". Returns the nearest-component assignment ``(n,)``.
+        Parameters
+        ----------
+        sources : one ``(n_m, D)`` tensor of projections per modality (the slide's patches, the
+            case's omics ``(1, D)``); each modality's mean per nearest component counts once.
+        label : the case's class; only that class's memory moves.
+
+        Components nearest to nothing stay as they are. Does nothing unless the mode is "ema".
+        Returns the nearest-component assignment ``(n_m,)`` of each source.
         """
         mem = F.normalize(self.components[int(label)], dim=-1)
-        z = F.normalize(z.detach().to(mem), dim=-1)
-        assign = (z @ mem.T).argmax(dim=1)
-        if self.mode != "ema":
-            return assign
         k = mem.shape[0]
-        counts = torch.bincount(assign, minlength=k).to(mem)
-        sums = torch.zeros_like(mem).index_add_(0, assign, z)
-        used = counts > 0
-        means = sums[used] / counts[used, None]
+        assigns, target, votes = [], torch.zeros_like(mem), torch.zeros(k).to(mem)
+        for z in sources:
+            z = F.normalize(z.detach().reshape(-1, mem.shape[1]).to(mem), dim=-1)
+            assign = (z @ mem.T).argmax(dim=1)
+            assigns.append(assign)
+            counts = torch.bincount(assign, minlength=k).to(mem)
+            sums = torch.zeros_like(mem).index_add_(0, assign, z)
+            used = counts > 0
+            target[used] += sums[used] / counts[used, None]
+            votes += used.to(mem)
+        if self.mode != "ema":
+            return assigns
+        used = votes > 0
+        means = target[used] / votes[used, None]
         mem[used] = F.normalize(self.momentum * mem[used] + (1.0 - self.momentum) * means, dim=-1)
         self.components[int(label)] = mem
-        return assign
+        return assigns

@@ -94,7 +94,8 @@ class MoMKDModel(KDModel):
         ``"ce"``, ``"align_wsi"``, ``"align_omics"``, ``"mse"`` (omics reconstruction), ``"mem"``
         (commitment + ``orth_weight`` x orthogonality of the own-class memory), and for logging
         ``"commit"`` and ``"orth"``. In training mode this also applies the EMA memory update
-        (mode "ema", after the terms are computed) and counts memory usage for :meth:`epoch_end`.
+        (mode "ema", after the terms are computed, from the modalities in
+        ``config.ema_sources``) and counts memory usage for :meth:`epoch_end`.
         In modes "ema" and "fixed" the memory gets no gradient, so its orthogonality term is a
         diagnostic only.
         """
@@ -128,9 +129,11 @@ class MoMKDModel(KDModel):
             "orth": torch.stack(orth).mean(),
         }
         if self.training:
-            for z, y, assign in updates:
+            z_omics = om["z"].detach()
+            for i, (z, y, assign) in enumerate(updates):
                 self.usage.update(y, assign)
-                self.memory.ema_update(z, y)
+                sources = {"wsi": z, "omics": z_omics[i : i + 1]}
+                self.memory.ema_update([sources[m] for m in cfg.ema_sources], y)
         return terms
 
     def loss(self, bags: Sequence[Bag]) -> dict[str, torch.Tensor]:
