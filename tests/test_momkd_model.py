@@ -86,16 +86,16 @@ def test_registry_and_stages():
     assert module.TASKS == TASKS == ("classification",)
     names = [s.name for s in stages(Config())]
     assert names == [
-        "student", "student_fixed_memory", "student_ema_memory", "abmil", "transmil",
+        "student", "student_fixed_memory", "student_gradient_memory", "abmil", "transmil",
         "omics_only",
     ]
-    names = [s.name for s in stages(Config(memory_update="ema", baselines=()))]
-    assert names == ["student", "student_fixed_memory", "student_gradient_memory"]
+    names = [s.name for s in stages(Config(memory_update="gradient", baselines=()))]
+    assert names == ["student", "student_fixed_memory", "student_ema_memory"]
     assert [s.name for s in stages(Config(fixed_memory=True, baselines=()))] == ["student"]
     by_name = {s.name: s for s in stages(Config(**SMALL))}
-    assert by_name["student"].build(INFO, {}).memory_mode == "gradient"
+    assert by_name["student"].build(INFO, {}).memory_mode == "ema"
     assert by_name["student_fixed_memory"].build(INFO, {}).memory_mode == "fixed"
-    assert by_name["student_ema_memory"].build(INFO, {}).memory_mode == "ema"
+    assert by_name["student_gradient_memory"].build(INFO, {}).memory_mode == "gradient"
     assert isinstance(by_name["omics_only"].build(INFO, {}), SNN)
     assert by_name["abmil"].build(INFO, {}).predict(planted_bags(1, 0)[0]).logits.shape == (2,)
     assert by_name["transmil"].build(INFO, {}).predict(planted_bags(1, 0)[0]).logits.shape == (2,)
