@@ -85,6 +85,16 @@ def outer_bounds(layer):
     return np.stack([ext[0] - half, ext[1] + half])
 
 
+def run_analysis(w, qtbot, timeout_ms: int) -> list[tuple[float, str]]:
+    """Press Analyse, wait for the worker, check it produced an analysis; the progress reports."""
+    progress = []
+    w.signals.progress.connect(lambda f, m: progress.append((f, m)))
+    assert w.start() is not None
+    qtbot.waitUntil(w.run_btn.isEnabled, timeout=timeout_ms)
+    assert w.analysis is not None, w.status.text()
+    return progress
+
+
 def test_analyse_widget_overlays_align_with_the_planted_region(make_napari_viewer, qtbot, trained):
     from napari_histokd._widgets.analyse import AnalyseWidget
 
@@ -97,12 +107,8 @@ def test_analyse_widget_overlays_align_with_the_planted_region(make_napari_viewe
     w.features.setText(str(trained.features))
     w.slide_id.setText("slide")
     w.device.setCurrentText("cpu")
-    progress = []
-    w.signals.progress.connect(lambda f, m: progress.append(f))
-    assert w.start() is not None
-    qtbot.waitUntil(w.run_btn.isEnabled, timeout=60_000)
-    assert w.analysis is not None, w.status.text()
-    assert progress and progress[-1] == 1.0
+    progress = run_analysis(w, qtbot, 60_000)
+    assert progress and progress[-1][0] == 1.0
     heat = w.layers["attention"]
     # extent: the heatmap covers exactly the slide (the lattice tiles it) in microns
     np.testing.assert_allclose(outer_bounds(heat), outer_bounds(slide_layer), atol=1e-6)
@@ -143,12 +149,8 @@ def test_analyse_widget_extracts_features_now(make_napari_viewer, qtbot, trained
     w.extract_now.setChecked(True)
     w.extract_to.setText(str(tmp_path / "extracted"))
     w.device.setCurrentText("cpu")
-    messages = []
-    w.signals.progress.connect(lambda f, m: messages.append(m))
-    assert w.start() is not None
-    qtbot.waitUntil(w.run_btn.isEnabled, timeout=120_000)
-    assert w.analysis is not None, w.status.text()
-    assert any(m.startswith("extracting features") for m in messages)
+    progress = run_analysis(w, qtbot, 120_000)
+    assert any(m.startswith("extracting features") for _, m in progress)
     sf = open_features(tmp_path / "extracted", "slide")
     assert sf.attrs["encoder_id"] == enc.id
     assert w.analysis.explanation.coords.shape[0] == len(sf.coords("20x")) > 0
