@@ -24,8 +24,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.methods.amkd import Config, stages
-from histokd_core.methods.base import Bag, DataInfo
 
 N_PATHWAYS, N_GENES = 331, 4999
 

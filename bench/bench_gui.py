@@ -19,7 +19,7 @@ import torch
 
 
 def build_checkpoint(tmp: Path, d: int):
-    from histokd_core.methods.base import Bag, DataInfo
+    from histokd_core.bag import Bag, DataInfo
     from histokd_core.train import TrainConfig, run_cv
 
     rng = np.random.default_rng(0)
@@ -34,7 +34,7 @@ def build_checkpoint(tmp: Path, d: int):
     bags = [bag(i) for i in range(24)]
     data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(train=bags[:16], val=bags[16:20],
                                                                       test=bags[20:], info=info))
-    run_cv("histokd_core.methods.baselines", {"models": ["abmil"]}, data, tmp / "run",
+    run_cv("baselines", {"models": ["abmil"]}, data, tmp / "run",
            TrainConfig(epochs=1, lr=1e-3, batch_size=4, device="cpu", num_threads=1), folds=[0])
     return tmp / "run" / "fold_0" / "abmil.safetensors"
 
@@ -91,7 +91,7 @@ def bench_latency(tmp: Path, subprocess: bool) -> dict[str, float]:
     w.paths["features"].setText(str(c.root / "features"))
     w.paths["omics"].setText(str(c.root / "omics.csv"))
     w.paths["out"].setText(str(tmp / f"run_{int(subprocess)}"))
-    w.method.setCurrentText("histokd_core.methods.baselines")
+    w.method.setCurrentText("baselines")
     w.task.setCurrentText("survival")
     w.folds.setValue(3)
     w.only_fold.setValue(0)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from sklearn.neighbors import kneighbors_graph
 
-from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.methods.momkd import Config, MoMKDModel
 from histokd_core.nn.graph import knn_graph
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.methods.subspace import Config, SubspaceStudent, SubspaceTeacher
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.methods.baselines import abmil
 from histokd_core.survival import c_index, cox_nll
 from histokd_core.train import TrainConfig, Trainer, load_model, save_checkpoint
@@ -99,7 +99,7 @@ def main() -> None:
         path = Path(tmp) / "abmil.safetensors"
         meta = {
             "kind": "model",
-            "method": "histokd_core.methods.baselines",
+            "method": "baselines",
             "method_config": {"models": ["abmil"]},
             "stage": "abmil",
             "data_info": info,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from histokd_core.errors import DataError, HistoKDError
-from histokd_core.methods.amkd import Config, TASKS, stages
+from histokd_core.bag import Bag, DataInfo
+from histokd_core.errors import ConfigError, DataError, HistoKDError
+from histokd_core.methods.amkd import TASKS, Config, stages
 from histokd_core.methods.amkd.losses import arr_loss, ge_loss, kd_loss, total_loss
-from histokd_core.methods.amkd.teacher import batch_cox
-from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.methods.amkd.shared import batch_cox
 from histokd_core.survival import c_index
 from histokd_core.train.checkpoint import load_model_state, model_state
 
@@ -58,7 +58,7 @@ def test_stages_and_tasks():
     assert [s.name for s in st] == ["teacher", "student", "student_no_kd", "abmil", "omics_only"]
     assert st[1].requires == ("teacher",)
     assert TASKS == ("survival",)
-    with pytest.raises(DataError, match="alpha"):
+    with pytest.raises(ConfigError, match="alpha"):
         Config(alpha=1.5)
 
 
@@ -181,7 +181,7 @@ def test_teacher_and_student_learn_planted_signal(one_thread):
 
 
 def test_trains_with_the_engine_trainer(one_thread, tmp_path):
-    from histokd_core.train.trainer import Trainer, TrainConfig
+    from histokd_core.train.trainer import TrainConfig, Trainer
 
     info = small_info()
     bags = planted_bags(24, 3)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_train import FEAT_DIM, info_for, make_bags
 
-from histokd_core.errors import DataError
-from histokd_core.methods.base import DataInfo
+from histokd_core.bag import DataInfo
+from histokd_core.errors import ConfigError, DataError
 from histokd_core.methods.baselines import Config, abmil, snn, stages
 from histokd_core.methods.baselines.abmil import GatedAttention
 from histokd_core.survival.losses import cox_nll, discrete_risk
@@ -73,5 +73,5 @@ def test_baselines_method_stages():
     names = [s.name for s in stages(Config())]
     assert names == ["abmil", "omics_only"]
     assert isinstance(stages(Config(models=("abmil",)))[0].build(info_for(), {}), abmil.ABMIL)
-    with pytest.raises(DataError):
+    with pytest.raises(ConfigError):
         Config(models=("transmil",))

@@ -10,7 +10,7 @@ import pytest
 
 from histokd_core.cli import main
 
-METHOD = "histokd_core.methods.baselines"
+METHOD = "baselines"
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from histokd_core.cohort import Folds, load_cohort, make_folds, validate_cohort
-from histokd_core.dataset import CohortData, assign_bins, survival_bin_edges
+from histokd_core.dataset import CohortData
 from histokd_core.errors import DataError
-from histokd_core.features.store import SlideFeatures
+from histokd_core.features.slide_features import SlideFeatures
 from histokd_core.omics import pathway_tokens, read_gene_sets
+from histokd_core.survival.bins import assign_bins, survival_bin_edges
 from histokd_core.synthetic.cohort import make_feature_cohort
 
 

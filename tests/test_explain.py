@@ -7,14 +7,13 @@ from shapely.geometry import box
 from histokd_core.errors import DataError
 from histokd_core.explain import (
     cluster_sizes,
-    infer_stride,
     is_lattice,
     mean_in_polygon,
     rasterize,
     rasterize_labels,
     threshold_regions,
 )
-from histokd_core.slide.geometry import patch_centres_world
+from histokd_core.slide.geometry import infer_stride, patch_centres_world
 
 
 def test_lattice_is_exact_and_nan_elsewhere():

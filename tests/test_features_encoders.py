@@ -10,9 +10,10 @@ import torch
 from skimage import data
 from skimage.transform import resize
 
-from histokd_core.features import EncoderError, get_encoder, select_device, spec_from_id
-from histokd_core.features import efficientnet, hed
-from histokd_core.features.encoders import TorchPatchEncoder, file_hash
+from histokd_core.devices import resolve_device
+from histokd_core.errors import ConfigError, EncoderError
+from histokd_core.features import efficientnet, get_encoder, hed, spec_from_id
+from histokd_core.features.base import TorchPatchEncoder, file_hash
 
 #: SHA-256 of efficientnet-lite0-57934424.pth as published (torch-hub names carry its first 8 digits).
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -203,10 +204,12 @@ def test_torch_encoder_batches_and_checks_output_shape():
 
 
 def test_device_selection():
-    assert select_device("auto") in ("cuda", "mps", "cpu")
-    assert select_device("cpu") == "cpu"
+    assert resolve_device("auto", auto_mps=True).type in ("cuda", "mps", "cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(EncoderError, match="CUDA is not available"):
-            select_device("cuda")
-    with pytest.raises(EncoderError, match="unknown device"):
-        select_device("tpu")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    for bad in ("tpu", "not-a-device", "cpu:1", "cuda:x"):
+        with pytest.raises(ConfigError, match="unknown device"):
+            resolve_device(bad)

@@ -10,13 +10,11 @@ from shapely.geometry import box
 
 from histokd_core.errors import HistoKDError
 from histokd_core.export import read_geojson
-from histokd_core.slide import box_world
+from histokd_core.slide import box_world, qupath_to_world, world_to_qupath
 from napari_histokd._geojson import (
     annotations_to_shapes,
     get_geojson_reader,
-    qupath_to_world,
     shapes_to_annotations,
-    world_to_qupath,
     write_shapes,
 )
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
-from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.bag import Bag, DataInfo
+from histokd_core.errors import ConfigError, DataError
 from histokd_core.methods.baselines.snn import SNN
 from histokd_core.methods.momkd import TASKS, Config, MoMKDModel, stages
 from histokd_core.methods.registry import get_method
@@ -102,13 +102,13 @@ def test_registry_and_stages():
 
 
 def test_config_and_data_errors_are_clear():
-    with pytest.raises(DataError, match="memory_update"):
+    with pytest.raises(ConfigError, match="memory_update"):
         Config(memory_update="momentum")
-    with pytest.raises(DataError, match="baselines"):
+    with pytest.raises(ConfigError, match="baselines"):
         Config(baselines=("clam",))
-    with pytest.raises(DataError, match="ema_sources"):
+    with pytest.raises(ConfigError, match="ema_sources"):
         Config(ema_sources=("rna",))
-    with pytest.raises(DataError, match="ema_sources"):
+    with pytest.raises(ConfigError, match="ema_sources"):
         Config(ema_sources=())
     with pytest.raises(DataError, match="omics"):
         MoMKDModel(dataclasses.replace(INFO, n_genes=0), Config())

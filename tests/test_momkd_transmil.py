@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag, DataInfo
 from histokd_core.methods.baselines.transmil import (
     NystromAttention,
     TransMIL,

@@ -115,6 +115,19 @@ def test_clam_h5_import_without_attrs_infers_patch_size(tmp_path):
     assert sf.patch_size_level0() == 512 and sf.attrs["patch_size_inferred"] is True
 
 
+def test_inferred_patch_size_ignores_offsets_between_clam_contours(tmp_path):
+    """CLAM tiles each tissue contour from its own corner: two 512-px lattices 3 px apart. The
+    patch size is the step between neighbours (512), not the smallest coordinate difference (3)."""
+    first = np.stack(np.meshgrid(np.arange(4) * 512, np.arange(3) * 512), -1).reshape(-1, 2)
+    second = first + np.array([4 * 512 + 3, 3])
+    coords = np.concatenate([first, second]).astype(np.int64)
+    with h5py.File(tmp_path / "slide_8.h5", "w") as fh:
+        fh.create_dataset("features", data=np.zeros((len(coords), 4), np.float32))
+        fh.create_dataset("coords", data=coords)
+    sf = open_features(tmp_path, "slide_8")
+    assert sf.patch_size_level0() == 512 and sf.attrs["patch_size_inferred"] is True
+
+
 def test_h5_import_errors(tmp_path):
     with h5py.File(tmp_path / "a.h5", "w") as fh:
         fh.create_dataset("Res_feature", data=np.zeros((3, 4)))

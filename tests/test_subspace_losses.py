@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from histokd_core.bag import Bag
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag
 from histokd_core.methods.subspace.cgc import apply_cgc, confidences, coordinate, project_rows
 from histokd_core.methods.subspace.losses import dev_loss, kd_kl, skd_loss, task_loss
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.bag import Bag, DataInfo
+from histokd_core.errors import ConfigError, DataError
 from histokd_core.methods.registry import get_method
 from histokd_core.methods.subspace import Config, SubspaceStudent, SubspaceTeacher, stages
 
@@ -63,7 +63,7 @@ def test_registry_and_stages():
     assert student.requires == ("teacher",)
     for s in stages(CFG):
         assert s.build(info(), {}) is not None
-    with pytest.raises(DataError, match="cgc"):
+    with pytest.raises(ConfigError, match="cgc"):
         Config(cgc="twice")
 
 

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from histokd_core.errors import CheckpointError
-from histokd_core.methods.base import Bag, DataInfo
+from histokd_core.bag import Bag, DataInfo
+from histokd_core.errors import Cancelled, CheckpointError, ConfigError
 from histokd_core.methods.baselines import abmil, snn
 from histokd_core.train import (
     Callback,
     TrainConfig,
     Trainer,
-    TrainingCancelled,
     classification_metrics,
     predict_bags,
     read_checkpoint,
@@ -178,7 +177,7 @@ def test_cancellation_stops_within_one_step_and_resume_matches(tmp_path):
     state = tmp_path / "abmil.state.safetensors"
     torch.manual_seed(0)
     interrupted = abmil.build(info_for())
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(Cancelled):
         Trainer().fit(interrupted, train, val, cfg, [stopper], cancel=event, state_path=state)
     assert len(stopper.steps) == 14  # no step ran after the cancel request
     assert stopper.epochs == [1, 2]
@@ -197,7 +196,7 @@ def test_cancellation_stops_within_one_step_and_resume_matches(tmp_path):
 
 
 def test_callable_cancel_and_early_stopping():
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(Cancelled):
         Trainer().fit(
             abmil.build(info_for()), make_bags(10, 12), [], fast_config(), cancel=lambda: True
         )
@@ -225,13 +224,8 @@ def test_frozen_teacher_is_excluded_from_checkpoint_and_optimizer():
     assert not teacher.training or not student.training
 
 
-def test_device_auto_and_bad_device():
-    from histokd_core.train import TrainingError, resolve_device
-
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(TrainingError):
-        resolve_device("not-a-device")
-    with pytest.raises(TrainingError):
+def test_bad_train_config_is_a_config_error():
+    with pytest.raises(ConfigError, match="epochs"):
         TrainConfig(epochs=0)
 
 
@@ -252,7 +246,7 @@ def test_fit_in_worker_thread_cancelled_from_another_thread():
                 [Signal()],
                 cancel=cancel,
             )
-        except TrainingCancelled as exc:
+        except Cancelled as exc:
             caught.append(exc)
 
     worker = threading.Thread(target=work)

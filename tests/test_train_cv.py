@@ -11,17 +11,15 @@ import pytest
 import yaml
 from test_train import info_for, make_bags
 
-from histokd_core.errors import CheckpointError
+from histokd_core.errors import Cancelled, CheckpointError, RunDirError
 from histokd_core.train import (
-    RunDirError,
     TrainConfig,
-    TrainingCancelled,
     load_model,
     predict_bags,
     run_cv,
 )
 
-METHOD = "histokd_core.methods.baselines"
+METHOD = "baselines"
 
 
 class TinyCohort:
@@ -98,7 +96,7 @@ def test_run_dir_refusal_and_resume(tmp_path):
     def cancel_in_fold_1() -> bool:
         return (run_dir / "fold_1").exists()
 
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(Cancelled):
         run_cv(METHOD, {"models": ["abmil"]}, data, run_dir, cfg(epochs=2), cancel=cancel_in_fold_1)
     assert (run_dir / "fold_0" / "abmil.safetensors").is_file()
     assert not (run_dir / "metrics.json").exists()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.features.store import write_slide_features
-from histokd_core.methods.base import Bag, DataInfo, Explanation
+from histokd_core.methods.base import Explanation
 from histokd_core.synthetic import PlantedRegion, write_synthetic_slide
 from histokd_core.train import TrainConfig, run_cv
 from napari_histokd._layers import explanation_layers
@@ -67,7 +68,7 @@ def trained(tmp_path_factory):
     data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
         train=parts[0], val=parts[1][:8], test=parts[1][8:], info=info))
     torch.manual_seed(0)
-    run_cv("histokd_core.methods.baselines", {"models": ["abmil"]}, data, root / "run",
+    run_cv("baselines", {"models": ["abmil"]}, data, root / "run",
            TrainConfig(epochs=6, lr=3e-3, batch_size=4, seed=0, device="cpu", patience=50, num_threads=1), folds=[0])
     coords = lattice()
     f, inside = planted_feats(coords, (REGION.x0, REGION.y0, REGION.x1, REGION.y1),
@@ -138,7 +139,7 @@ def test_analyse_widget_extracts_features_now(make_napari_viewer, qtbot, trained
                 coords=coords, patch_size=P, label=i % 2) for i in range(8)]
     data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
         train=bags[:4], val=bags[4:6], test=bags[6:], info=info))
-    run_cv("histokd_core.methods.baselines", {"models": ["abmil"]}, data, tmp_path / "run",
+    run_cv("baselines", {"models": ["abmil"]}, data, tmp_path / "run",
            TrainConfig(epochs=1, batch_size=4, seed=0, device="cpu", num_threads=1), folds=[0])
 
     viewer = make_napari_viewer()

@@ -24,7 +24,7 @@ def fill(w, c, out, epochs):
     w.paths["features"].setText(str(c.root / "features"))
     w.paths["omics"].setText(str(c.root / "omics.csv"))
     w.paths["out"].setText(str(out))
-    w.method.setCurrentText("histokd_core.methods.baselines")
+    w.method.setCurrentText("baselines")
     w.task.setCurrentText("survival")
     w.folds.setValue(3)
     w.only_fold.setValue(0)

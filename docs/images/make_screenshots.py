@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.features.store import write_slide_features
-from histokd_core.methods.base import Bag, DataInfo
 from histokd_core.synthetic import PlantedRegion, write_synthetic_slide
 from histokd_core.synthetic.cohort import make_feature_cohort
 from histokd_core.train import TrainConfig, run_cv
@@ -69,7 +69,7 @@ def base_screenshots(tmp: Path) -> None:
     parts = [bags(16, s, direction) for s in (1, 2)]
     data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(train=parts[0], val=parts[1][:8],
                                                                       test=parts[1][8:], info=info))
-    run_cv("histokd_core.methods.baselines", {"models": ["abmil"]}, data, tmp / "run",
+    run_cv("baselines", {"models": ["abmil"]}, data, tmp / "run",
            TrainConfig(epochs=6, lr=3e-3, batch_size=4, device="cpu", num_threads=1), folds=[0])
     coords = lattice()
     write_synthetic = feats(coords, (REGION.x0, REGION.y0, REGION.x1, REGION.y1), np.random.default_rng(9), direction)
@@ -113,7 +113,7 @@ def base_screenshots(tmp: Path) -> None:
     train.paths["features"].setText(str(cohort.root / "features"))
     train.paths["omics"].setText(str(cohort.root / "omics.csv"))
     train.paths["out"].setText(str(tmp / "train_run"))
-    train.method.setCurrentText("histokd_core.methods.baselines")
+    train.method.setCurrentText("baselines")
     train.task.setCurrentText("survival")
     train.folds.setValue(3)
     train.epochs.setValue(8)

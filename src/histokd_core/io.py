@@ -1,13 +1,17 @@
-"""Safe file output: atomic writes (temp file + rename) and no silent overwrites."""
+"""Safe file output: atomic writes (temp file + rename), no silent overwrites, plain JSON values."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from histokd_core.errors import HistoKDError
 
@@ -56,3 +60,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = T
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, mappings, tuples, numpy/torch arrays and scalars and paths as plain JSON
+    values; NaN and infinities become None (JSON has no NaN)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and not isinstance(value, list):  # numpy / torch arrays, scalars
+        return to_jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: int = 2, overwrite: bool = True) -> Path:
+    """Write :func:`to_jsonable` of ``value`` as JSON (UTF-8, trailing newline), atomically."""
+    return atomic_write_text(path, json.dumps(to_jsonable(value), indent=indent) + "\n", overwrite=overwrite)

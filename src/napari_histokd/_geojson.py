@@ -22,6 +22,7 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from histokd_core.errors import HistoKDError
 from histokd_core.export import Annotation, read_geojson, with_area, write_geojson
+from histokd_core.slide.geometry import qupath_to_world, world_to_qupath
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,6 @@ def _world_matrix(attributes: dict) -> np.ndarray:
         a = a[-3:, -3:] if a.shape[0] >= 3 else np.eye(3)
         m = a @ m
     return m
-
-
-def world_to_qupath(points_yx: np.ndarray, mpp: float) -> np.ndarray:
-    """World ``(n, 2)`` ``(y, x)`` -> QuPath level-0 ``(n, 2)`` ``(x, y)`` (corner origin)."""
-    p = np.asarray(points_yx, dtype=np.float64) / float(mpp)
-    return p[:, ::-1] + 0.5
-
-
-def qupath_to_world(points_xy: np.ndarray, mpp: float) -> np.ndarray:
-    """QuPath level-0 ``(x, y)`` -> world ``(y, x)`` (inverse of :func:`world_to_qupath`)."""
-    p = np.asarray(points_xy, dtype=np.float64) - 0.5
-    return p[:, ::-1] * float(mpp)
 
 
 def shapes_to_annotations(data: list[np.ndarray], attributes: dict, mpp: float | None = None) -> list[Annotation]:

@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
     from histokd_core.cohort import load_cohort
     from histokd_core.dataset import CohortData
-    from histokd_core.io import atomic_write_text, check_writable
+    from histokd_core.devices import resolve_device
+    from histokd_core.io import atomic_write_text, check_writable, to_jsonable
     from histokd_core.survival.km import km_logrank, plot_km
-    from histokd_core.train import load_model, predict_bags, resolve_device, score
-    from histokd_core.train.checkpoint import to_jsonable
+    from histokd_core.train import load_model, predict_bags, score
     from histokd_core.train.cv import summarize
     from histokd_core.train.evaluation import Outputs
 

@@ -43,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def expand_slides(items: list[Path]) -> list[Path]:
     """Files as given; folders replaced by the slide files they contain (sorted)."""
-    from histokd_core.features.store import SLIDE_EXTENSIONS
+    from histokd_core.features.slide_features import SLIDE_EXTENSIONS
 
     out: list[Path] = []
     for item in items:

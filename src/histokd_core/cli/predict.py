@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from histokd_core.dataset import slide_bag
+    from histokd_core.devices import resolve_device
     from histokd_core.io import atomic_path, atomic_write_text, check_writable
-    from histokd_core.train import load_model, resolve_device
+    from histokd_core.train import load_model
 
     check_writable(args.out, overwrite=args.overwrite)
     check_writable(args.out.with_suffix(".json"), overwrite=args.overwrite)

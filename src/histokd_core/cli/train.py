@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from histokd_core.errors import DataError
+from histokd_core.errors import ConfigError
+from histokd_core.methods.registry import available_methods
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "--method", required=True, help="amkd, momkd, subspace (or a method module path)"
+        "--method", required=True, choices=available_methods(), help="the method to train"
     )
     p.add_argument(
         "--cohort", type=Path, required=True, help="cohort table (case_id, slide_id, outcome)"
@@ -86,11 +87,11 @@ def load_method_config(path: Path | None) -> dict:
     try:
         values = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: cannot read the method config ({exc})") from None
+        raise ConfigError(f"{path}: cannot read the method config ({exc})") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise DataError(f"{path}: expected a mapping of method Config fields")
+        raise ConfigError(f"{path}: expected a mapping of method Config fields")
     return values
 
 
@@ -114,13 +115,10 @@ def _fmt(value) -> str:
 def run(args: argparse.Namespace) -> int:
     from histokd_core.cohort import load_cohort
     from histokd_core.dataset import CohortData
+    from histokd_core.methods.registry import check_task
     from histokd_core.train import LoggingCallback, TrainConfig, run_cv
-    from histokd_core.train.checkpoint import resolve_method
 
-    module = resolve_method(args.method)
-    task = args.task or module.TASKS[0]
-    if task not in module.TASKS:
-        raise DataError(f"--task {task}: method {args.method} supports {', '.join(module.TASKS)}")
+    task = check_task(args.method, args.task)
     cohort = load_cohort(args.cohort, task=task, label_column=args.label_column)
     data = CohortData(
         cohort,

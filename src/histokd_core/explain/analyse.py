@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from histokd_core.errors import DataError, HistoKDError
+from histokd_core.cancel import CancelToken
+from histokd_core.errors import DataError
 from histokd_core.methods.base import Explanation
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
-
-
-class AnalysisCancelled(HistoKDError):
-    """The user cancelled an analysis."""
-
 
 @dataclass
 class Analysis:
@@ -74,7 +71,7 @@ def analyse_slide(
     extract_to: str | os.PathLike | None = None,
     device: str = "auto",
     progress: ProgressFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
 ) -> Analysis:
     """Explain one slide with a trained (slide-only) model.
 
@@ -87,16 +84,18 @@ def analyse_slide(
     extract_to : store root for features extracted now (with the checkpoint's encoder).
     device : "auto" (CUDA when present), "cpu", "cuda".
     progress : ``progress(fraction 0..1, message)``.
-    should_stop : polled between steps (and during extraction); True cancels with
-        :class:`AnalysisCancelled`.
+    cancel : checked between steps (and during extraction); a cancelled token raises
+        :class:`~histokd_core.errors.Cancelled`.
     """
     from histokd_core.dataset import slide_bag
-    from histokd_core.features.store import slide_id_of
-    from histokd_core.train import load_model, resolve_device
+    from histokd_core.devices import resolve_device
+    from histokd_core.features.slide_features import slide_id_of
+    from histokd_core.train import load_model
+
+    token = CancelToken.of(cancel)
 
     def step(frac: float, msg: str) -> None:
-        if should_stop is not None and should_stop():
-            raise AnalysisCancelled("analysis cancelled")
+        token.check(f"analysis ({msg})")
         if progress is not None:
             progress(frac, msg)
 

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from histokd_core.errors import DataError
-from histokd_core.slide.geometry import Transform, grid_transform
+from histokd_core.slide.geometry import Transform, grid_transform, infer_stride
 
 #: grids larger than this switch the fine mode to an approximate, coarser cell.
 MAX_CELLS = 16_000_000
@@ -86,28 +86,6 @@ def _check(coords: np.ndarray, n_values: int, patch_size: float) -> np.ndarray:
     if not patch_size or patch_size <= 0:
         raise DataError(f"patch_size: expected a positive level-0 pixel size, got {patch_size}")
     return np.rint(c).astype(np.int64)
-
-
-def infer_stride(coords: np.ndarray, patch_size: int) -> int:
-    """The most common step between neighbouring patches of one row or one column (level-0 px).
-
-    Overlapping grids (stride < P) are recognised; offsets *between* lattices (CLAM) are not
-    mistaken for the stride because only neighbours within a row/column count. Isolated patches
-    give ``patch_size``.
-    """
-    c = np.asarray(coords, dtype=np.int64)
-    steps = []
-    for along, across in ((0, 1), (1, 0)):
-        order = np.lexsort((c[:, along], c[:, across]))
-        s = c[order]
-        same = s[1:, across] == s[:-1, across]
-        d = (s[1:, along] - s[:-1, along])[same]
-        steps.append(d[d > 0])
-    d = np.concatenate(steps)
-    if d.size == 0:
-        return int(patch_size)
-    vals, counts = np.unique(d, return_counts=True)
-    return int(vals[np.argmax(counts)])
 
 
 def is_lattice(coords: np.ndarray, stride: int) -> bool:

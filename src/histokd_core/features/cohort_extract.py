@@ -158,9 +158,8 @@ def extract_cohort(
     """
     from distributed import as_completed
 
-    from histokd_core.features.store import slide_id_of
-
     from histokd_core.features.encoders import check_spec
+    from histokd_core.features.slide_features import slide_id_of
 
     if not slides:
         raise DataError("extract: no slide given")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from histokd_core.features.encoders import (
-    EncoderError,
+from histokd_core.errors import EncoderError
+from histokd_core.features.base import (
     TorchPatchEncoder,
     file_hash,
 )

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 
 from histokd_core.errors import DataError
-from histokd_core.features.encoders import PatchEncoder, get_encoder
+from histokd_core.features.base import PatchEncoder
+from histokd_core.features.encoders import get_encoder
+from histokd_core.features.slide_features import mag_to_mpp, slide_id_of
 from histokd_core.features.store import (
     IDENTITY_KEYS,
-    mag_to_mpp,
     mark_complete,
     read_slide_attrs,
     slide_group_path,
-    slide_id_of,
     write_slide_features,
 )
 

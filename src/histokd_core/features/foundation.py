@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histokd_core.features.encoders import (
+from histokd_core.errors import EncoderError
+from histokd_core.features.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    EncoderError,
     TorchPatchEncoder,
     file_hash,
     require_file,

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from histokd_core.features.encoders import EncoderError, PatchEncoder, check_batch
+from histokd_core.errors import EncoderError
+from histokd_core.features.base import PatchEncoder, check_batch
 
 VERSION = 1
 INPUT_SIZE = 256

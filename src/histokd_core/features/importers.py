@@ -4,7 +4,8 @@
 axis of 1, ``(1, n, d)``, is squeezed) and ``coords`` ``(n, 2)`` level-0 top-left ``(x, y)``.
 TRIDENT stores ``patch_size_level0`` and ``target_magnification`` as attributes of ``coords``
 (CLAM stores ``patch_size`` and ``patch_level``/``downsample`` when present); when the file does
-not say, the patch size is inferred as the smallest coordinate step (``patch_size_inferred``).
+not say, the patch size is inferred as the most common step between neighbouring patches
+(:func:`~histokd_core.slide.geometry.infer_stride`; ``patch_size_inferred``).
 
 ``.pt``: a tensor ``(n, d)`` (CLAM ``pt_files/``, SurvPath, MCAT) or a dict with ``features`` and
 optionally ``coords``. CLAM writes ``h5_files/`` beside ``pt_files/``; coordinates are taken from
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from histokd_core.errors import DataError
+from histokd_core.features.slide_features import SlideFeatures, slide_id_of
+from histokd_core.slide.geometry import infer_stride
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +51,6 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def infer_patch_size(coords: np.ndarray) -> int | None:
-    """Smallest positive step between distinct x (or y) coordinates: the lattice stride."""
-    steps = []
-    for axis in (0, 1):
-        values = np.unique(coords[:, axis])
-        if len(values) > 1:
-            steps.append(int(np.diff(values).min()))
-    return min(steps) if steps else None
-
-
 def _patch_size(coord_attrs: dict[str, Any], coords: np.ndarray, path: Path) -> tuple[int | None, bool]:
     if "patch_size_level0" in coord_attrs:
         return int(coord_attrs["patch_size_level0"]), False
@@ -67,7 +60,7 @@ def _patch_size(coord_attrs: dict[str, Any], coords: np.ndarray, path: Path) -> 
         if downsample is None and int(coord_attrs.get("patch_level", 0)) != 0:
             log.warning("%s: patch_level > 0 without downsample; patch size may be in level px", path)
         return int(round(int(coord_attrs["patch_size"]) * factor)), False
-    return infer_patch_size(coords), True
+    return infer_stride(coords), True
 
 
 def _mag_name(coord_attrs: dict[str, Any], default: str) -> str:
@@ -126,10 +119,8 @@ def read_pt(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return feats, coords
 
 
-def open_bag(path: Path, slide_id: str, default_magnification: str = "20x"):
-    """A :class:`~histokd_core.features.store.SlideFeatures` over one ``.h5`` or ``.pt`` file."""
-    from histokd_core.features.store import SlideFeatures, slide_id_of
-
+def open_bag(path: Path, slide_id: str, default_magnification: str = "20x") -> SlideFeatures:
+    """A :class:`~histokd_core.features.slide_features.SlideFeatures` over one ``.h5`` or ``.pt`` file."""
     attrs: dict[str, Any] = {}
     if path.suffix == ".h5":
         feats, coords, attrs = read_h5(path)

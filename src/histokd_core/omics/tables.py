@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from histokd_core.cohort import read_table
 from histokd_core.errors import DataError
+from histokd_core.tables import read_table
 
 #: Non-gene columns of cohort tables, ignored when a table is read without a suffix.
 METADATA_COLUMNS = frozenset(

@@ -12,11 +12,14 @@ from histokd_core.slide.geometry import (
     Transform,
     box_world,
     grid_transform,
+    infer_stride,
     level_transform,
     patch_centres_world,
     patch_rectangles_world,
+    qupath_to_world,
     slide_transform,
     world_to_level0,
+    world_to_qupath,
 )
 from histokd_core.slide.grid import PatchGrid, lattice, patch_grid
 from histokd_core.slide.reader import MissingMppWarning, Slide, looks_like_tiff, open_slide
@@ -30,6 +33,7 @@ __all__ = [
     "Transform",
     "box_world",
     "grid_transform",
+    "infer_stride",
     "lattice",
     "level_transform",
     "looks_like_tiff",
@@ -37,8 +41,10 @@ __all__ = [
     "patch_centres_world",
     "patch_grid",
     "patch_rectangles_world",
+    "qupath_to_world",
     "saturation_mask",
     "slide_transform",
     "tissue_mask",
     "world_to_level0",
+    "world_to_qupath",
 ]

@@ -105,3 +105,42 @@ def world_to_level0(points_yx_um: np.ndarray, mpp: float | None) -> np.ndarray:
     m = float(mpp) if mpp else 1.0
     p = np.asarray(points_yx_um, dtype=np.float64).reshape(-1, 2) / m
     return p[:, ::-1].copy()
+
+
+def world_to_qupath(points_yx: np.ndarray, mpp: float) -> np.ndarray:
+    """World ``(n, 2)`` ``(y, x)`` um -> QuPath level-0 ``(n, 2)`` ``(x, y)`` px.
+
+    QuPath puts the image origin at the top-left *corner* of pixel (0, 0), napari at its centre:
+    QuPath coordinates are :func:`world_to_level0` plus 0.5.
+    """
+    p = np.asarray(points_yx, dtype=np.float64) / float(mpp)
+    return p[:, ::-1] + 0.5
+
+
+def qupath_to_world(points_xy: np.ndarray, mpp: float) -> np.ndarray:
+    """QuPath level-0 ``(x, y)`` px -> world ``(y, x)`` um (inverse of :func:`world_to_qupath`)."""
+    p = np.asarray(points_xy, dtype=np.float64) - 0.5
+    return p[:, ::-1] * float(mpp)
+
+
+def infer_stride(coords: np.ndarray, default: int | None = None) -> int | None:
+    """The most common step between neighbouring patches of one row or one column (level-0 px).
+
+    ``coords`` are ``(n, 2)`` level-0 top-left ``(x, y)``. Overlapping grids (stride < patch size)
+    are recognised; offsets *between* lattices (CLAM tiles each tissue contour from its own
+    corner) are not mistaken for the stride because only neighbours within a row/column count.
+    Isolated patches give ``default``.
+    """
+    c = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    steps = []
+    for along, across in ((0, 1), (1, 0)):
+        order = np.lexsort((c[:, along], c[:, across]))
+        s = c[order]
+        same = s[1:, across] == s[:-1, across]
+        d = (s[1:, along] - s[:-1, along])[same]
+        steps.append(d[d > 0])
+    d = np.concatenate(steps)
+    if d.size == 0:
+        return None if default is None else int(default)
+    vals, counts = np.unique(d, return_counts=True)
+    return int(vals[np.argmax(counts)])

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histokd_core.features.store import SlideFeatures, write_slide_features
+from histokd_core.features.slide_features import SlideFeatures
+from histokd_core.features.store import write_slide_features
 from histokd_core.io import atomic_path, atomic_write_text, check_writable
 from histokd_core.omics.gene_sets import write_gmt
 from histokd_core.omics.subspaces import DEFAULT_TME_SETS, DEFAULT_TUMOR_SETS

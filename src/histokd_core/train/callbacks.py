@@ -1,4 +1,4 @@
-"""Training callbacks: progress reporting, cancellation and early stopping.
+"""Training callbacks: progress reporting and early stopping (cancellation: :mod:`histokd_core.cancel`).
 
 The trainer reports through :class:`Callback` methods (and ``logging``), never by printing, so a
 GUI thread worker can forward the events as signals.
@@ -8,17 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from histokd_core.errors import HistoKDError
-
 log = logging.getLogger(__name__)
-
-
-class TrainingCancelled(HistoKDError):
-    """Training was cancelled by the user; the last epoch checkpoint is kept for ``--resume``."""
 
 
 @dataclass
@@ -74,28 +66,6 @@ class LoggingCallback(Callback):
             result.monitor,
             result.best_score,
         )
-
-
-class CancelToken:
-    """Cancellation source: a ``threading.Event``, a zero-argument callable returning True to stop,
-    or None (never cancelled)."""
-
-    def __init__(self, source: threading.Event | Callable[[], bool] | None = None) -> None:
-        if source is not None and not (isinstance(source, threading.Event) or callable(source)):
-            raise TypeError("cancel must be a threading.Event or a callable returning bool")
-        self.source = source
-
-    def cancelled(self) -> bool:
-        if self.source is None:
-            return False
-        if isinstance(self.source, threading.Event):
-            return self.source.is_set()
-        return bool(self.source())
-
-    def check(self, where: str) -> None:
-        """Raise :class:`TrainingCancelled` when cancellation was requested."""
-        if self.cancelled():
-            raise TrainingCancelled(f"training cancelled during {where}")
 
 
 class EarlyStopping:

@@ -9,49 +9,31 @@ Resumable training state (optimizer moments, best weights) uses the same format.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from histokd_core import __version__
-from histokd_core.errors import CheckpointError
-from histokd_core.io import atomic_write_bytes, atomic_write_text
-from histokd_core.methods.base import DataInfo, KDModel
+from histokd_core.bag import DataInfo
+from histokd_core.errors import CheckpointError, ConfigError
+from histokd_core.io import atomic_write_bytes, atomic_write_text, to_jsonable
+from histokd_core.methods.base import BagModel
+from histokd_core.methods.registry import method_stages
 
 FORMAT = "histokd-checkpoint"
 FORMAT_VERSION = 1
 _META_KEY = "histokd"
 
 
-def to_jsonable(value: Any) -> Any:
-    """Dataclasses, tuples, numpy scalars and paths as plain JSON values; NaN/inf become None."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "tolist") and not isinstance(value, list):  # numpy / torch arrays
-        return to_jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def frozen_prefixes(model: nn.Module) -> list[str]:
     """Names of submodules that are other, frozen KDModels (e.g. a teacher held by a student)."""
     out = []
     for name, module in model.named_modules():
-        if not name or not isinstance(module, KDModel):
+        if not name or not isinstance(module, BagModel):
             continue
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
@@ -60,7 +42,7 @@ def frozen_prefixes(model: nn.Module) -> list[str]:
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own state dict (CPU copies), without frozen KDModel submodules: a student's
+    """The model's own state dict (CPU copies), without frozen BagModel submodules: a student's
     checkpoint does not carry its teacher, which inference does not need."""
     skip = tuple(frozen_prefixes(model))
     return {
@@ -183,52 +165,19 @@ def load_optimizer_tensors(
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
 
 
-def resolve_method(name: str):
-    """The method module for ``name``: a registry name (``amkd``, ...) or a dotted module path of a
-    module exposing ``Config``, ``TASKS`` and ``stages`` (e.g. ``histokd_core.methods.baselines``)."""
-    import importlib
-
-    from histokd_core.errors import HistoKDError
-    from histokd_core.methods.registry import METHODS, get_method
-
-    if name in METHODS or "." not in name:
-        return get_method(name)
-    try:
-        module = importlib.import_module(name)
-    except ImportError as exc:
-        raise HistoKDError(f"method module {name!r} cannot be imported: {exc}") from None
-    if not all(hasattr(module, attr) for attr in ("Config", "TASKS", "stages")):
-        raise HistoKDError(f"{name!r} is not a method module (needs Config, TASKS and stages)")
-    return module
-
-
-def make_config(module, values: dict | None):
-    """``module.Config`` from a dict (as stored in checkpoints and config.yaml) or as given."""
-    from histokd_core.errors import HistoKDError
-
-    if isinstance(values, module.Config):
-        return values
-    values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(module.Config)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise HistoKDError(
-            f"unknown {module.__name__} config fields {unknown}; expected {sorted(names)}"
-        )
-    return module.Config(**values)
-
-
 def load_model(
     checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[KDModel, dict]:
+) -> tuple[BagModel, dict]:
     """Rebuild a trained model from its checkpoint (through the method registry, ``trained={}``)
     and load its weights; returns ``(model in eval mode, meta)``."""
     tensors, meta = read_checkpoint(checkpoint)
     if meta.get("kind") != "model":
         raise CheckpointError(f"{checkpoint}: holds training state, not a trained model")
-    module = resolve_method(meta["method"])
-    config = make_config(module, meta.get("method_config"))
-    stage = {s.name: s for s in module.stages(config)}.get(meta["stage"])
+    try:
+        stages = method_stages(meta["method"], meta.get("method_config"))
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint}: {exc}") from None
+    stage = {s.name: s for s in stages}.get(meta["stage"])
     if stage is None:
         raise CheckpointError(
             f"{checkpoint}: method {meta['method']!r} has no stage {meta['stage']!r}"

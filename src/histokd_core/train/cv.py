@@ -28,32 +28,28 @@ import numpy as np
 import yaml
 
 from histokd_core import __version__
-from histokd_core.errors import HistoKDError
-from histokd_core.io import atomic_write_text
-from histokd_core.methods.base import KDModel
+from histokd_core.cancel import CancelToken
+from histokd_core.devices import resolve_device
+from histokd_core.errors import ConfigError, HistoKDError, RunDirError
+from histokd_core.io import atomic_write_text, to_jsonable
+from histokd_core.methods import registry
+from histokd_core.methods.base import BagModel
 from histokd_core.survival.km import km_logrank, plot_km
-from histokd_core.train.callbacks import Callback, CancelToken, Progress
+from histokd_core.train.callbacks import Callback, Progress
 from histokd_core.train.checkpoint import (
     load_model_state,
-    make_config,
     model_state,
     read_checkpoint,
-    resolve_method,
     save_checkpoint,
-    to_jsonable,
 )
 from histokd_core.train.evaluation import Outputs, predict_bags, score
 from histokd_core.train.plots import plot_history
-from histokd_core.train.trainer import TrainConfig, Trainer, resolve_device, seed_everything
+from histokd_core.train.trainer import TrainConfig, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
 #: train-config fields that may differ when a run is resumed (they do not change the result).
 _RESUME_FREE = ("device", "num_threads")
-
-
-class RunDirError(HistoKDError):
-    """The run directory holds something else than a resumable run of the same configuration."""
 
 
 @dataclass
@@ -106,6 +102,10 @@ def _same_run(old: dict, new: dict) -> bool:
     def strip(c: dict) -> dict:
         c = dict(c)
         c.pop("package_version", None)
+        try:
+            c["method"] = registry.method_name(str(c.get("method")))
+        except ConfigError:
+            pass
         c["train_config"] = {k: v for k, v in c["train_config"].items() if k not in _RESUME_FREE}
         return c
 
@@ -190,15 +190,15 @@ def run_cv(
     folds: Sequence[int] | None = None,
     callbacks: Sequence[Callback] = (),
     *,
-    cancel: threading.Event | Callable[[], bool] | None = None,
+    cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
     resume: bool = False,
 ) -> RunResult:
     """Cross-validate a method: for each fold, train its stages in order and test the reported ones.
 
     Parameters
     ----------
-    method_name : registry name (``amkd``, ``momkd``, ``subspace``) or dotted module path of a
-        method module (``histokd_core.methods.baselines``).
+    method_name : a name in :mod:`histokd_core.methods.registry` (``amkd``, ``momkd``,
+        ``subspace``, ``baselines``).
     method_config : the method's ``Config`` or a dict of its fields (None = defaults).
     data : a ``CohortData``-like object: ``fold(i) -> FoldData(train, val, test, info)`` and
         ``n_folds``.
@@ -213,19 +213,15 @@ def run_cv(
     :class:`RunResult` with the ``metrics.json`` content.
     """
     train_config = train_config or TrainConfig()
-    token = CancelToken(cancel)
-    module = resolve_method(method_name)
-    config = make_config(module, method_config)
-    stage_list = module.stages(config)
+    token = CancelToken.of(cancel)
+    method_name = registry.method_name(method_name)
+    config = registry.make_config(method_name, method_config)
+    stage_list = registry.method_stages(method_name, config)
     folds = list(range(int(data.n_folds))) if folds is None else [int(f) for f in folds]
     if not folds:
-        raise HistoKDError("no folds to run")
+        raise ConfigError("no folds to run")
     first = data.fold(folds[0])
-    task = first.info.task
-    if task not in module.TASKS:
-        raise HistoKDError(
-            f"method {method_name!r} supports {list(module.TASKS)}, not task {task!r}"
-        )
+    task = registry.check_task(method_name, first.info.task)
     out_dir = Path(out_dir)
     prepare_run_dir(out_dir, _run_config(method_name, config, task, train_config, folds), resume)
     device = resolve_device(train_config.device)
@@ -241,7 +237,7 @@ def run_cv(
         fold_dir.mkdir(exist_ok=True)
         for cb in callbacks:
             cb.on_fold_start(fold, len(folds))
-        trained: dict[str, KDModel] = {}
+        trained: dict[str, BagModel] = {}
         test: dict[str, dict[str, float]] = {}
         outputs: dict[str, Outputs] = {}
         history[f"fold_{fold}"] = {}

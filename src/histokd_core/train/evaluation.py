@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from histokd_core.methods.base import Bag, KDModel
+from histokd_core.bag import Bag
+from histokd_core.methods.base import BagModel
 from histokd_core.survival.losses import discrete_risk
 from histokd_core.survival.metrics import c_index
 from histokd_core.train.metrics import classification_metrics
@@ -33,7 +34,7 @@ class Outputs:
 
 @torch.no_grad()
 def predict_bags(
-    model: KDModel, bags: Sequence[Bag], device: torch.device | str = "cpu"
+    model: BagModel, bags: Sequence[Bag], device: torch.device | str = "cpu"
 ) -> Outputs:
     """Predict every bag with ``model`` (eval mode is set and restored)."""
     was_training = model.training

@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histokd_core.errors import HistoKDError
-from histokd_core.methods.base import Bag, KDModel
-from histokd_core.train.callbacks import Callback, CancelToken, EarlyStopping, Progress
+from histokd_core.bag import Bag
+from histokd_core.cancel import CancelToken
+from histokd_core.devices import resolve_device
+from histokd_core.errors import ConfigError, TrainingError
+from histokd_core.methods.base import BagModel
+from histokd_core.train.callbacks import Callback, EarlyStopping, Progress
 from histokd_core.train.checkpoint import (
     frozen_prefixes,
     load_model_state,
@@ -32,10 +35,6 @@ from histokd_core.train.checkpoint import (
 from histokd_core.train.evaluation import predict_bags, score
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(HistoKDError):
-    """Training cannot go on (non-finite loss, bad configuration)."""
 
 
 @dataclass
@@ -72,13 +71,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise TrainingError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise TrainingError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.grad_accum < 1:
-            raise TrainingError(f"grad_accum must be >= 1, got {self.grad_accum}")
+            raise ConfigError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if not self.lr > 0:
-            raise TrainingError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
 
     def cases_per_batch(self, task: str) -> int:
         if self.batch_size is not None:
@@ -99,25 +98,6 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; otherwise ``torch.device(spec)`` (checked)."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise TrainingError(
-            f"device {spec!r} is not a valid torch device (auto, cpu, cuda, mps)"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(
-            f"device {spec!r} requested but CUDA is not available; use --device cpu"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError(f"device {spec!r} requested but MPS is not available; use --device cpu")
-    return device
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices)."""
     random.seed(seed)
@@ -136,11 +116,11 @@ def make_batches(n: int, batch_size: int, generator: torch.Generator, task: str)
 
 
 class Trainer:
-    """Fits one :class:`KDModel`. Stateless between fits: all settings come with :meth:`fit`."""
+    """Fits one :class:`BagModel`. Stateless between fits: all settings come with :meth:`fit`."""
 
     def fit(
         self,
-        model: KDModel,
+        model: BagModel,
         train_bags: Sequence[Bag],
         val_bags: Sequence[Bag],
         config: TrainConfig | None = None,
@@ -155,13 +135,13 @@ class Trainer:
 
         Parameters
         ----------
-        model : a fresh model (or one being resumed); frozen KDModel submodules (a teacher) stay
+        model : a fresh model (or one being resumed); frozen BagModel submodules (a teacher) stay
             in eval mode and out of the optimizer.
         train_bags, val_bags : cases; ``val_bags`` may be empty (then the last epoch is kept).
         config : :class:`TrainConfig` (defaults when None).
         callbacks : :class:`Callback` s receiving progress and metrics.
         cancel : Event / callable checked before every step; raises
-            :class:`~histokd_core.train.callbacks.TrainingCancelled`, keeping the last checkpoint.
+            :class:`~histokd_core.errors.Cancelled`, keeping the last checkpoint.
         state_path : where the resumable training state is written after every epoch
             (``.safetensors``, atomic); when the file exists the fit resumes from it.
         state_meta : extra JSON metadata for the state file (method, stage, config ...).
@@ -180,7 +160,7 @@ class Trainer:
         metrics and history.
         """
         config = config or TrainConfig()
-        token = cancel if isinstance(cancel, CancelToken) else CancelToken(cancel)
+        token = CancelToken.of(cancel)
         if not train_bags:
             raise TrainingError("no training cases")
         if config.num_threads:
@@ -308,7 +288,7 @@ class Trainer:
         return result
 
     @staticmethod
-    def _train_mode(model: KDModel) -> None:
+    def _train_mode(model: BagModel) -> None:
         model.train()
         for prefix in frozen_prefixes(model):
             model.get_submodule(prefix[:-1]).eval()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from histokd_core.explain.analyse import Analysis, AnalysisCancelled, analyse_slide
+from histokd_core.cancel import CancelToken
+from histokd_core.errors import Cancelled
+from histokd_core.explain.analyse import Analysis, analyse_slide
 from napari_histokd._layers import explanation_layers, prediction_text
 from napari_histokd._widgets._common import WorkerSignals, notify_error, slide_layers
 
@@ -68,7 +69,7 @@ class AnalyseWidget(QWidget):
         self.worker = None
         self.layers: dict[str, Any] = {}
         self.analysis: Analysis | None = None
-        self._stop = threading.Event()
+        self._cancel = CancelToken()
         self.signals = WorkerSignals()
         self.signals.progress.connect(self._on_progress)
 
@@ -176,11 +177,11 @@ class AnalyseWidget(QWidget):
             extract_to=self.extract_to.text().strip() or None,
             device=self.device.currentText(),
         )
-        self._stop.clear()
+        self._cancel.reset()
         worker = create_worker(
             analyse_slide, **kwargs,
             progress=lambda f, m: self.signals.progress.emit(f, m),
-            should_stop=self._stop.is_set,
+            cancel=self._cancel,
             _start_thread=False,
             _connect={"errored": self._on_error, "finished": self._on_finished,
                       "returned": lambda a: self._on_done(a, world_mpp, units)},
@@ -193,8 +194,8 @@ class AnalyseWidget(QWidget):
         return worker
 
     def cancel(self):
-        """Stop at the next step (the worker raises AnalysisCancelled)."""
-        self._stop.set()
+        """Stop at the next step (the worker raises Cancelled)."""
+        self._cancel.cancel()
         self.status.setText("cancelling...")
 
     def _on_progress(self, frac: float, msg: str):
@@ -202,7 +203,7 @@ class AnalyseWidget(QWidget):
         self.status.setText(msg)
 
     def _on_error(self, exc: BaseException):
-        if isinstance(exc, AnalysisCancelled):
+        if isinstance(exc, Cancelled):
             self.status.setText("cancelled")
             return
         self.status.setText(notify_error(exc, "Analyse"))

@@ -29,7 +29,8 @@ from histokd_core.export import (
     write_geojson,
     write_top_patches_csv,
 )
-from napari_histokd._geojson import qupath_to_world, shapes_to_annotations
+from histokd_core.slide.geometry import qupath_to_world
+from napari_histokd._geojson import shapes_to_annotations
 from napari_histokd._layers import layer_raster
 from napari_histokd._widgets._common import notify_error
 

@@ -38,13 +38,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from histokd_core.train.callbacks import Callback, Progress, TrainingCancelled
+from histokd_core.errors import Cancelled
+from histokd_core.methods.registry import available_methods
+from histokd_core.train.callbacks import Callback, Progress
 from napari_histokd._widgets._common import WorkerSignals, notify_error
 
 if TYPE_CHECKING:
     import napari
 
-METHODS = ("amkd", "momkd", "subspace", "histokd_core.methods.baselines")
 EPOCH_LINE = re.compile(r"(?:fold (?P<fold>\d+) )?(?P<stage>\S+) epoch (?P<epoch>\d+)/(?P<n>\d+) ?(?P<rest>.*)")
 
 
@@ -164,12 +165,11 @@ def run_training(opts: TrainOptions, signals: WorkerSignals, cancel: threading.E
 
     from histokd_core.cohort import load_cohort
     from histokd_core.dataset import CohortData
+    from histokd_core.methods.registry import check_task
     from histokd_core.train import TrainConfig, run_cv
-    from histokd_core.train.checkpoint import resolve_method
 
     torch.set_num_threads(max(1, int(opts.threads)))
-    module = resolve_method(opts.method)
-    task = opts.task or module.TASKS[0]
+    task = check_task(opts.method, opts.task or None)
     cohort = load_cohort(opts.cohort, task=task, label_column=opts.label_column or None)
     data = CohortData(cohort, opts.features, omics=opts.omics or None, gene_sets=opts.gene_sets or None,
                       n_folds=opts.folds, seed=opts.seed)
@@ -197,7 +197,7 @@ class TrainWidget(QWidget):
 
         self.paths = {k: QLineEdit(self) for k in ("cohort", "features", "omics", "gene_sets", "out")}
         self.method = QComboBox(self)
-        self.method.addItems(METHODS)
+        self.method.addItems(available_methods())
         self.task = QComboBox(self)
         self.task.addItems(["(method default)", "survival", "classification"])
         self.folds = QSpinBox(self)
@@ -381,7 +381,7 @@ class TrainWidget(QWidget):
         self.val_plot.set_series(val)
 
     def _on_error(self, exc: BaseException):
-        if isinstance(exc, TrainingCancelled):
+        if isinstance(exc, Cancelled):
             self.status.setText("cancelled; the last epoch checkpoint is kept (tick 'resume' to continue)")
             return
         self.status.setText(notify_error(exc, "Train"))

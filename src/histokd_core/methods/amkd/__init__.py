@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from histokd_core.errors import DataError
-from histokd_core.methods.base import DataInfo, KDModel, Stage
+from histokd_core.bag import DataInfo
+from histokd_core.errors import ConfigError
+from histokd_core.methods.base import BagModel, Stage
 
 TASKS = ("survival",)
 
@@ -54,46 +55,46 @@ class Config:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise DataError(f"amkd alpha must be in [0, 1], got {self.alpha}")
+            raise ConfigError(f"amkd alpha must be in [0, 1], got {self.alpha}")
         if self.dim < 4 or self.heads < 1 or self.dim_head < 1 or self.pathway_hidden < 1:
-            raise DataError(
+            raise ConfigError(
                 f"amkd dim/heads/dim_head/pathway_hidden must be positive (dim >= 4), got "
                 f"{self.dim}/{self.heads}/{self.dim_head}/{self.pathway_hidden}"
             )
         if self.kd_temperature <= 0 or self.ge_temperature <= 0:
-            raise DataError("amkd temperatures must be > 0")
+            raise ConfigError("amkd temperatures must be > 0")
         if self.max_train_patches is not None and self.max_train_patches < 1:
-            raise DataError(
+            raise ConfigError(
                 f"amkd max_train_patches must be >= 1 or None, got {self.max_train_patches}"
             )
         if self.chunk_size < 1:
-            raise DataError(f"amkd chunk_size must be >= 1, got {self.chunk_size}")
+            raise ConfigError(f"amkd chunk_size must be >= 1, got {self.chunk_size}")
 
 
 def stages(config: Config) -> list[Stage]:
     """``teacher``, ``student`` (requires teacher), ``student_no_kd``, ``abmil``, ``omics_only``."""
 
-    def build_teacher(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_teacher(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.amkd.teacher import AMKDTeacher
 
         return AMKDTeacher(info, config)
 
-    def build_student(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_student(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.amkd.student import AMKDStudent
 
         return AMKDStudent(info, config, teacher=trained.get("teacher"), distill=True)
 
-    def build_student_no_kd(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_student_no_kd(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.amkd.student import AMKDStudent
 
         return AMKDStudent(info, config, teacher=None, distill=False)
 
-    def build_abmil(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_abmil(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.baselines import abmil
 
         return abmil.build(info)
 
-    def build_omics_only(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_omics_only(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.baselines import snn
 
         return snn.build(info)

@@ -20,23 +20,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import HistoKDError
 from histokd_core.methods.amkd.losses import arr_loss, arr_weight, ge_loss, kd_loss, total_loss
-from histokd_core.methods.amkd.teacher import (
-    AMKDTeacher,
+from histokd_core.methods.amkd.shared import (
     batch_cox,
+    patch_projection,
     pathway_explanation,
     pathway_names,
-    patch_projection,
     risk_head,
     subsample,
     token_scores,
 )
-from histokd_core.methods.base import Bag, DataInfo, Explanation, KDModel, Prediction
+from histokd_core.methods.amkd.teacher import AMKDTeacher
+from histokd_core.methods.base import BagModel, Explanation, Prediction
 from histokd_core.nn.attention import CrossAttentionBlock, SelfAttentionBlock
 
 
-class AMKDStudent(KDModel):
+class AMKDStudent(BagModel):
     """Slide-only AMKD student. ``teacher`` is the frozen trained teacher (None for inference
     or for the no-distillation ablation); ``distill`` turns the distillation losses on."""
 

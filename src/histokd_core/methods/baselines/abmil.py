@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from histokd_core.methods.base import Bag, DataInfo, KDModel, Prediction
+from histokd_core.bag import Bag, DataInfo
+from histokd_core.methods.base import BagModel, Prediction
 from histokd_core.methods.baselines.outcome import outcome_loss, outcome_prediction, output_size
 
 
@@ -31,7 +32,7 @@ class GatedAttention(nn.Module):
         return attention @ h, attention
 
 
-class ABMIL(KDModel):
+class ABMIL(BagModel):
     """Gated-attention MIL (WSI only) for survival or classification.
 
     Parameters

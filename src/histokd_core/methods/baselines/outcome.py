@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag, DataInfo, Prediction
+from histokd_core.methods.base import Prediction
 from histokd_core.survival.losses import cox_nll, discrete_nll, discrete_risk
 
 

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag, DataInfo, KDModel, Prediction
+from histokd_core.methods.base import BagModel, Prediction
 from histokd_core.methods.baselines.outcome import outcome_loss, outcome_prediction, output_size
 
 
-class SNN(KDModel):
+class SNN(BagModel):
     """Self-normalising MLP on the omics vector ``(g,)``.
 
     Parameters

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag, DataInfo, KDModel, Prediction
+from histokd_core.methods.base import BagModel, Prediction
 from histokd_core.methods.baselines.outcome import outcome_loss, outcome_prediction
 
 
@@ -138,7 +139,7 @@ class PPEG(nn.Module):
         return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
 
 
-class TransMIL(KDModel):
+class TransMIL(BagModel):
     """TransMIL-style classifier over a bag of patch features (WSI only).
 
     Parameters

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from histokd_core.errors import DataError
-from histokd_core.methods.base import DataInfo, KDModel, Stage
+from histokd_core.bag import DataInfo
+from histokd_core.errors import ConfigError
+from histokd_core.methods.base import BagModel, Stage
 from histokd_core.methods.momkd.model import MoMKDModel
 
 TASKS = ("classification",)
@@ -87,39 +88,39 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.memory_update not in ("ema", "gradient"):
-            raise DataError(
+            raise ConfigError(
                 f"momkd memory_update must be 'ema' or 'gradient', got {self.memory_update!r}"
             )
         if self.n_components < 1:
-            raise DataError(f"momkd n_components must be >= 1, got {self.n_components}")
+            raise ConfigError(f"momkd n_components must be >= 1, got {self.n_components}")
         self.ema_sources = tuple(self.ema_sources)
         if not self.ema_sources or set(self.ema_sources) - {"wsi", "omics"}:
-            raise DataError(
+            raise ConfigError(
                 f"momkd ema_sources must be a non-empty subset of ('wsi', 'omics'), "
                 f"got {self.ema_sources!r}"
             )
         unknown = set(self.baselines) - {"abmil", "transmil", "omics_only"}
         if unknown:
-            raise DataError(
+            raise ConfigError(
                 f"momkd baselines: unknown {sorted(unknown)}; expected abmil, transmil, omics_only"
             )
         self.attn_tau_range = tuple(self.attn_tau_range)
         self.baselines = tuple(self.baselines)
 
 
-def _build_abmil(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+def _build_abmil(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
     from histokd_core.methods.baselines import abmil
 
     return abmil.build(info)
 
 
-def _build_transmil(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+def _build_transmil(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
     from histokd_core.methods.baselines import transmil
 
     return transmil.build(info)
 
 
-def _build_omics_only(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+def _build_omics_only(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
     from histokd_core.methods.baselines import snn
 
     return snn.build(info)

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag, DataInfo, Explanation, KDModel, Prediction
+from histokd_core.methods.base import BagModel, Explanation, Prediction
 from histokd_core.methods.momkd.diagnostics import UsageTracker, active_ratio, perplexity
 from histokd_core.methods.momkd.losses import alignment_loss, memory_loss, nearest_component
 from histokd_core.methods.momkd.memory import ClassMemory, MemoryMode, spherical_kmeans
-from histokd_core.methods.momkd.student import WsiBranch
-from histokd_core.methods.momkd.teacher import OmicsBranch, bag_labels, stack_omics
+from histokd_core.methods.momkd.omics_branch import OmicsBranch, bag_labels, stack_omics
+from histokd_core.methods.momkd.wsi_branch import WsiBranch
 
 if TYPE_CHECKING:
     from histokd_core.methods.momkd import Config
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class MoMKDModel(KDModel):
+class MoMKDModel(BagModel):
     """MoMKD (classification). ``predict``/``explain`` read slide features only.
 
     Parameters

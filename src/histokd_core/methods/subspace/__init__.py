@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from histokd_core.errors import DataError
-from histokd_core.methods.base import DataInfo, KDModel, Stage
+from histokd_core.bag import DataInfo
+from histokd_core.errors import ConfigError
+from histokd_core.methods.base import BagModel, Stage
 from histokd_core.methods.subspace.student import SubspaceStudent
 from histokd_core.methods.subspace.teacher import SubspaceTeacher
 
@@ -70,17 +71,17 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.cgc not in ("clean", "public", "off"):
-            raise DataError(f"subspace cgc must be 'clean', 'public' or 'off', got {self.cgc!r}")
+            raise ConfigError(f"subspace cgc must be 'clean', 'public' or 'off', got {self.cgc!r}")
         if self.dim % self.offset_groups:
-            raise DataError(
+            raise ConfigError(
                 f"subspace dim {self.dim} must be divisible by offset_groups {self.offset_groups}"
             )
         if self.n_prototypes < 1 or self.knn_k < 1 or self.n_points < 1:
-            raise DataError("subspace n_prototypes, knn_k and n_points must be >= 1")
+            raise ConfigError("subspace n_prototypes, knn_k and n_points must be >= 1")
         self.baselines = tuple(self.baselines)
         unknown = set(self.baselines) - {"abmil", "omics_only"}
         if unknown:
-            raise DataError(
+            raise ConfigError(
                 f"subspace baselines: unknown {sorted(unknown)}; expected abmil, omics_only"
             )
 
@@ -88,21 +89,21 @@ class Config:
 def stages(config: Config) -> list[Stage]:
     """``teacher``, ``student`` (requires the teacher), ``student_no_kd`` and the baselines."""
 
-    def build_teacher(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_teacher(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         return SubspaceTeacher(info, config)
 
-    def build_student(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_student(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         return SubspaceStudent(info, config, trained.get("teacher"), distill=True)
 
-    def build_no_kd(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_no_kd(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         return SubspaceStudent(info, config, None, distill=False)
 
-    def build_abmil(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_abmil(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.baselines import abmil
 
         return abmil.build(info, survival_loss="nll")
 
-    def build_omics(info: DataInfo, trained: dict[str, KDModel]) -> KDModel:
+    def build_omics(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.baselines import snn
 
         return snn.build(info, survival_loss="nll")

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from histokd_core.bag import Bag
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag
 from histokd_core.survival import discrete_nll
 
 

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from histokd_core.methods.base import Bag, DataInfo, Explanation, KDModel, Prediction
-from histokd_core.methods.subspace.grid import build_grid, to_map
+from histokd_core.bag import Bag, DataInfo
+from histokd_core.methods.base import BagModel, Explanation, Prediction
+from histokd_core.methods.subspace.cell_map import build_cell_map, to_map
 from histokd_core.methods.subspace.losses import skd_loss, task_loss
 from histokd_core.methods.subspace.teacher import bag_views, combine_max_confidence, outcome
 from histokd_core.nn.deformable import DeformableAttention2D
@@ -98,7 +99,7 @@ class StudentBranch(nn.Module):
 
     def forward(self, feats, coords, slide_index, patch_size: int) -> StudentOutput:
         h = self.fc(feats.float())
-        grid = build_grid(coords, patch_size, slide_index)
+        grid = build_cell_map(coords, patch_size, slide_index)
         hmap, mask = to_map(h, grid)
         out, _, _ = self.attn(hmap, hmap, mask, queries=h)
         x = h + out
@@ -107,13 +108,13 @@ class StudentBranch(nn.Module):
         return StudentOutput(f, self.head(f), t, m)
 
 
-class SubspaceStudent(KDModel):
+class SubspaceStudent(BagModel):
     """Slides-only student; ``teacher`` (frozen) enables SKD after the warm-up."""
 
     needs_omics = False
 
     def __init__(
-        self, info: DataInfo, cfg, teacher: KDModel | None = None, distill: bool = True
+        self, info: DataInfo, cfg, teacher: BagModel | None = None, distill: bool = True
     ) -> None:
         super().__init__()
         self.task, self.cfg, self.n_out = info.task, cfg, info.n_classes
@@ -129,7 +130,7 @@ class SubspaceStudent(KDModel):
             log.debug("subspace student without a teacher: task loss only (inference, ablation)")
 
     @property
-    def teacher(self) -> KDModel | None:
+    def teacher(self) -> BagModel | None:
         """The frozen teacher (kept out of the module tree, so not in the student's state dict)."""
         return self._teacher[0] if self._teacher else None
 

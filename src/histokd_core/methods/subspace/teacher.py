@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag, DataInfo, KDModel, Prediction
+from histokd_core.methods.base import BagModel, Prediction
+from histokd_core.methods.subspace.cell_map import build_cell_map, to_map
 from histokd_core.methods.subspace.cgc import apply_cgc
-from histokd_core.methods.subspace.grid import build_grid, to_map
 from histokd_core.methods.subspace.losses import dev_loss, targets, task_loss
 from histokd_core.nn.deformable import DeformableAttention2D
 from histokd_core.survival import discrete_risk
@@ -123,7 +124,7 @@ class TeacherBranch(nn.Module):
         self, feats, coords, slide_index, patch_size: int, genes: dict[str, torch.Tensor]
     ) -> BranchOutput:
         h = self.fc(feats.float())
-        grid = build_grid(coords, patch_size, slide_index)
+        grid = build_cell_map(coords, patch_size, slide_index)
         hmap, mask = to_map(h, grid)
         xs, attn = {}, {}
         for s in ("tumor", "tme"):
@@ -136,7 +137,7 @@ class TeacherBranch(nn.Module):
         return BranchOutput(f, self.head(f), attn["tumor"], attn["tme"])
 
 
-class SubspaceTeacher(KDModel):
+class SubspaceTeacher(BagModel):
     """Disentangled multi-modal teacher (slides + tumour / TME genes), 10x and 20x experts."""
 
     needs_omics = True

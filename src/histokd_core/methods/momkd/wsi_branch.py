@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histokd_core.methods.base import Bag
+from histokd_core.bag import Bag
 from histokd_core.methods.momkd.losses import memory_attention
 from histokd_core.nn.graph import GATv2Encoder, bag_graph
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histokd_core.bag import Bag
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Bag
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:

@@ -19,7 +19,7 @@ from histokd_core.errors import DataError
 
 
 @dataclass
-class PatchGrid:
+class CellMap:
     """Cell of every patch on a ``(height, width)`` map.
 
     Attributes
@@ -44,9 +44,9 @@ class PatchGrid:
         return m.view(self.height, self.width)
 
 
-def build_grid(
+def build_cell_map(
     coords: torch.Tensor, patch_size: int, slide_index: torch.Tensor | None = None, gap: int = 1
-) -> PatchGrid:
+) -> CellMap:
     """Grid cells of patches from level-0 top-left coords ``(n, 2)`` ``(x, y)`` in pixels.
 
     ``patch_size`` is the level-0 side (pixels) of one cell; ``slide_index (n,)`` splits the
@@ -76,10 +76,10 @@ def build_grid(
         rows[sel] = rr
         offset += int(cc.max()) + 1 + gap
         height = max(height, int(rr.max()) + 1)
-    return PatchGrid(rows, cols, height, offset - gap)
+    return CellMap(rows, cols, height, offset - gap)
 
 
-def to_map(feats: torch.Tensor, grid: PatchGrid) -> tuple[torch.Tensor, torch.Tensor]:
+def to_map(feats: torch.Tensor, grid: CellMap) -> tuple[torch.Tensor, torch.Tensor]:
     """Scatter patch features ``(n, d)`` onto the grid.
 
     Returns
