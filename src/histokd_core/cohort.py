@@ -293,6 +293,30 @@ class Folds:
         """``(train, val, test)`` case ids of ``fold``."""
         return tuple(self.cases(fold, s) for s in SPLITS)  # type: ignore[return-value]
 
+    def by_case(self, cohort: Cohort, where: str = "folds") -> Folds:
+        """These folds with slide ids replaced by their case ids, when they list slides.
+
+        CLAM's classification split files list slide ids, SurvPath's list case ids. When every id
+        is a slide id of ``cohort`` and not all are case ids, each is replaced by its case; a case
+        whose slides sit in different splits of one fold is an error (naming the fold and case).
+        Otherwise the folds are returned unchanged (:meth:`check` reports what does not match).
+        """
+        ids = set(self.assignments["case_id"])
+        if ids <= set(cohort.case_ids):
+            return self
+        case_of = dict(zip(cohort.table["slide_id"].astype(str), cohort.table["case_id"]))
+        if not ids <= set(case_of):
+            return self
+        a = self.assignments.assign(case_id=self.assignments["case_id"].map(case_of))
+        splits = a.groupby(["fold", "case_id"])["split"].nunique()
+        if (splits > 1).any():
+            fold, case = splits[splits > 1].index[0]
+            raise DataError(
+                f"{where}: fold {fold} puts slides of case {case} in different splits; "
+                "a case's slides must share a split")
+        log.info("%s: split files list slide ids; mapped to their cases", where)
+        return Folds(a.drop_duplicates(["fold", "case_id"]).reset_index(drop=True))
+
     def check(self, cohort: Cohort, where: str = "folds") -> None:
         """Raise :class:`DataError` unless every fold covers exactly the cohort's cases."""
         expected = set(cohort.case_ids)

@@ -81,8 +81,8 @@ class CohortData:
         :func:`~histokd_core.synthetic.cohort.make_feature_cohort`).
     omics : expression table (path or DataFrame indexed by ``case_id``), or ``None``.
     gene_sets : gene sets (path or dict), used for pathway tokens and the default tumour/TME split.
-    folds : :class:`Folds`, a folds CSV (or CLAM/SurvPath ``splits_<k>.csv`` folder), or
-        ``None`` for :func:`make_folds` with ``n_folds``, ``seed``.
+    folds : :class:`Folds`, a folds CSV (or CLAM/SurvPath ``splits_<k>.csv`` folder, listing
+        case ids or slide ids), or ``None`` for :func:`make_folds` with ``n_folds``, ``seed``.
     task, label_column, one_slide_per_case, survival_columns : used when ``cohort`` is a path
         (see :func:`load_cohort`).
     n_bins : discrete-time survival bins (quartiles by default).
@@ -143,6 +143,7 @@ class CohortData:
         else:
             self.folds = make_folds(self.cohort, n_folds=n_folds, seed=seed)
         folds_name = str(folds) if isinstance(folds, (str, os.PathLike)) else "folds"
+        self.folds = self.folds.by_case(self.cohort, where=folds_name)
         self.folds.check(self.cohort, where=folds_name)
 
         self.expression: pd.DataFrame | None = None
