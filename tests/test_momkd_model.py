@@ -279,3 +279,80 @@ def test_learns_planted_signal_and_memory_stays_active(mode):
     with torch.no_grad():
         attention = model.predict(bag).attention
     assert attention[:10].sum() > 10 / 40
+
+
+def test_distillation_targets_shapes_and_no_side_effects():
+    bags = planted_bags(4, 0)
+    model = make("ema")
+    model.prepare(bags)
+    model.eval()
+    before = model.memory.components.clone()
+    targets = model.distillation_targets(bags[1])
+    k, d = SMALL["n_components"], SMALL["shared_dim"]
+    assert targets["memory_update"].shape == (2, k, d)
+    assert targets["omics_alignment"].shape == targets["slide_alignment"].shape == (2 * k,)
+    assert targets["patch_memory_scores"].shape == (bags[1].feats.shape[0],)
+    torch.testing.assert_close(model.memory.components, before)
+    again = model.distillation_targets(bags[1])
+    for name, value in targets.items():
+        torch.testing.assert_close(again[name], value)
+    # only the case's own class (label 1 = C+, row 1) moves in the EMA update
+    assert targets["memory_update"][0].abs().max() == 0
+    with pytest.raises(DataError, match="no omics"):
+        model.distillation_targets(dataclasses.replace(bags[1], omics=None))
+
+
+def test_ema_memory_update_target_by_hand():
+    """With the omics as the only EMA source, the update moves the component nearest to the omics
+    projection to normalize(m c + (1 - m) z), nothing else."""
+    bags = planted_bags(4, 0)
+    torch.manual_seed(0)
+    model = MoMKDModel(INFO, Config(**SMALL, ema_sources=("omics",), ema_momentum=0.9), "ema")
+    model.prepare(bags)
+    model.eval()
+    bag = bags[2]  # label 0: memory C- (row 0)
+    with torch.no_grad():
+        z = model.omics(bag.omics[None])["z"][0]
+    mem = torch.nn.functional.normalize(model.memory.components[0], dim=-1)
+    k = int((mem @ z).argmax())
+    expected = torch.zeros_like(model.memory.components)
+    expected[0, k] = torch.nn.functional.normalize(0.9 * mem[k] + 0.1 * z, dim=-1) - mem[k]
+    torch.testing.assert_close(model.distillation_targets(bag)["memory_update"], expected)
+    torch.testing.assert_close(model.distillation_targets(bag)["omics_alignment"][4:], mem @ z)
+
+
+def test_gradient_memory_update_is_minus_the_training_gradient_on_the_memory():
+    """Computed independently: backward of the full training loss (eval mode, no dropout); the
+    classifier and reconstruction terms never reach the memory, so the gradients agree."""
+    bags = planted_bags(4, 0)
+    model = make("gradient")
+    model.prepare(bags)
+    model.eval()
+    bag = bags[1]
+    target = model.distillation_targets(bag)["memory_update"]
+    model.zero_grad()
+    model.loss([bag])["loss"].backward()
+    torch.testing.assert_close(target, -model.memory.components.grad)
+    assert target.abs().max() > 0
+    fixed = make("fixed")
+    fixed.prepare(bags)
+    assert fixed.eval().distillation_targets(bag)["memory_update"].abs().max() == 0
+
+
+def test_distillation_targets_follow_the_right_modality():
+    bags = planted_bags(4, 0)
+    model = make("gradient")
+    model.prepare(bags)
+    model.eval()
+    a, b = bags[0], bags[2]
+    base = model.distillation_targets(a)
+    other_omics = model.distillation_targets(dataclasses.replace(a, omics=b.omics))
+    other_slide = model.distillation_targets(dataclasses.replace(a, feats=b.feats))
+    torch.testing.assert_close(other_omics["slide_alignment"], base["slide_alignment"])
+    torch.testing.assert_close(other_omics["patch_memory_scores"], base["patch_memory_scores"])
+    assert not torch.allclose(other_omics["omics_alignment"], base["omics_alignment"])
+    torch.testing.assert_close(other_slide["omics_alignment"], base["omics_alignment"])
+    assert not torch.allclose(other_slide["slide_alignment"], base["slide_alignment"])
+    # the memory update takes both
+    assert not torch.allclose(other_omics["memory_update"], base["memory_update"])
+    assert not torch.allclose(other_slide["memory_update"], base["memory_update"])

@@ -133,17 +133,21 @@ class ClassMemory(nn.Module):
         self.components[int(label)] = F.normalize(centres.to(self.components), dim=-1)
 
     @torch.no_grad()
-    def ema_update(self, sources: Sequence[torch.Tensor], label: int) -> list[torch.Tensor]:
-        """Momentum update of class ``label``'s memory from one training case.
+    def ema_step(
+        self, sources: Sequence[torch.Tensor], label: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Class ``label``'s components after the momentum update from one case (not applied).
 
         Parameters
         ----------
         sources : one ``(n_m, D)`` tensor of projections per modality (the slide's patches, the
             case's omics ``(1, D)``); each modality's mean per nearest component counts once.
-        label : the case's class; only that class's memory moves.
+        label : the case's class.
 
-        Components nearest to nothing stay as they are. Does nothing unless the mode is "ema".
-        Returns the nearest-component assignment ``(n_m,)`` of each source.
+        Returns
+        -------
+        ``(K, D)`` normalised components (those nearest to no projection unchanged) and the
+        nearest-component assignment ``(n_m,)`` of each source.
         """
         mem = F.normalize(self.components[int(label)], dim=-1)
         k = mem.shape[0]
@@ -157,10 +161,19 @@ class ClassMemory(nn.Module):
             used = counts > 0
             target[used] += sums[used] / counts[used, None]
             votes += used.to(mem)
-        if self.mode != "ema":
-            return assigns
         used = votes > 0
         means = target[used] / votes[used, None]
         mem[used] = F.normalize(self.momentum * mem[used] + (1.0 - self.momentum) * means, dim=-1)
-        self.components[int(label)] = mem
+        return mem, assigns
+
+    @torch.no_grad()
+    def ema_update(self, sources: Sequence[torch.Tensor], label: int) -> list[torch.Tensor]:
+        """Momentum update of class ``label``'s memory from one training case
+        (:meth:`ema_step`, applied in mode "ema" only; the other modes keep their memory).
+
+        Returns the nearest-component assignment ``(n_m,)`` of each source.
+        """
+        mem, assigns = self.ema_step(sources, label)
+        if self.mode == "ema":
+            self.components[int(label)] = mem
         return assigns

@@ -163,6 +163,68 @@ class MoMKDModel(BagModel):
         out = self.wsi(bag, mem_pos, mem_neg)
         return Prediction(logits=out["logits"], attention=out["attention"])
 
+    def distillation_targets(self, bag: Bag) -> dict[str, torch.Tensor]:
+        """The memory alignment quantities of one case: what carries its expression towards the
+        slide branch (for :func:`histokd_core.train.swap.swap_diagnostic`).
+
+        MoMKD's omics and slide branches meet only in the class memory, so the expression can
+        reach the slide branch only by moving the memory. Needs the bag's omics and label; uses
+        the model as it is (call in eval mode for deterministic values); changes nothing.
+
+        Returns
+        -------
+        dict of
+        ``"memory_update" (2, K, D_N)``: how training on this case moves the memory (rows ``C-``,
+            ``C+``). Mode "ema": new minus old components of the case's class after the momentum
+            step from its patch projections and omics projection (``config.ema_sources``);
+            mode "gradient": minus the gradient, with respect to the components, of the case's
+            loss terms that reach the memory (``w_align_omics align_omics + w_align_wsi
+            align_wsi + w_mem mem``; the classifier's loss never does); mode "fixed": zeros.
+        ``"omics_alignment" (2K,)``: cosine of the omics projection to every component (the
+            quantity the omics alignment loss acts on), order of :meth:`memory_names`.
+        ``"slide_alignment" (2K,)``: the same for the pooled slide projection.
+        ``"patch_memory_scores" (n,)``: each patch's memory score ``max cos(C+) - max cos(C-)``
+            (the attention logits of the slide branch).
+        """
+        cfg = self.config
+        device = self.wsi.patch_projector.weight.device
+        y = int(bag_labels([bag])[0])
+        omics = stack_omics([bag], self.n_genes).to(device)
+        components = self.memory.components.detach().clone()
+        with torch.no_grad():
+            mem = F.normalize(components, dim=-1)
+            mem_pos, mem_neg = mem[1], mem[0]
+            out = self.wsi(bag.to(device), mem_pos, mem_neg)
+            z_omics = self.omics(omics)["z"]
+        order = torch.cat([mem_pos, mem_neg])
+        scores = (out["z"] @ mem_pos.T).max(-1).values - (out["z"] @ mem_neg.T).max(-1).values
+        if self.memory.mode == "ema":
+            sources = {"wsi": out["z"], "omics": z_omics}
+            own, _ = self.memory.ema_step([sources[m] for m in cfg.ema_sources], y)
+            update = torch.zeros_like(components)
+            update[y] = own - mem[y]
+        elif self.memory.mode == "gradient":
+            with torch.enable_grad():
+                leaf = components.requires_grad_(True)
+                m = F.normalize(leaf, dim=-1)
+                own_memory = m[y]
+                loss = (
+                    cfg.w_align_omics * self._align(z_omics, y, m[1], m[0])
+                    + cfg.w_align_wsi * self._align(out["z_wsi"], y, m[1], m[0])
+                    + cfg.w_mem * memory_loss(out["z"], own_memory, cfg.orth_weight,
+                                              codebook_grad=True)["loss"]
+                )
+                (grad,) = torch.autograd.grad(loss, leaf)
+            update = -grad
+        else:
+            update = torch.zeros_like(components)
+        return {
+            "memory_update": update.detach(),
+            "omics_alignment": (z_omics[0] @ order.T).detach(),
+            "slide_alignment": (out["z_wsi"] @ order.T).detach(),
+            "patch_memory_scores": scores.detach(),
+        }
+
     def memory_names(self) -> list[str]:
         """Component names, ``C+0 .. C+{K-1}`` then ``C-0 .. C-{K-1}``."""
         k = self.memory.n_components
