@@ -205,6 +205,27 @@ def test_survpath_split_folder(hnsc, tmp_path):
         Folds.load_csv(tmp_path / "empty")
 
 
+def test_clam_split_files_listing_slide_ids(tmp_path):
+    """CLAM's classification splits list slide ids: they map to their cases; a case whose slides
+    sit in different splits is refused."""
+    rows = {"case_id": ["A", "A", "B", "C", "D"], "slide_id": ["A-1", "A-2", "B-1", "C-1", "D-1"],
+            "label": [1, 1, 0, 1, 0]}
+    cohort = load_cohort(_write(tmp_path, rows), "classification")
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    pd.DataFrame({"train": ["A-1", "A-2", "B-1"], "val": ["C-1", None, None],
+                  "test": ["D-1", None, None]}).to_csv(folder / "splits_0.csv", index=False)
+    folds = Folds.load_csv(folder).by_case(cohort)
+    folds.check(cohort)
+    assert folds.split(0) == (["A", "B"], ["C"], ["D"])
+    case_folds = Folds.load_csv(folder).by_case(cohort)
+    assert case_folds.by_case(cohort) is case_folds  # case ids: unchanged
+    pd.DataFrame({"train": ["A-1", "B-1"], "val": ["C-1", None], "test": ["D-1", "A-2"]}).to_csv(
+        folder / "splits_0.csv", index=False)
+    with pytest.raises(DataError, match="fold 0 puts slides of case A in different splits"):
+        Folds.load_csv(folder).by_case(cohort, where=str(folder))
+
+
 def test_unreadable_parquet_is_a_data_error(tmp_path):
     path = tmp_path / "cohort.parquet"
     path.write_bytes(b"PAR1 not really")
