@@ -321,8 +321,10 @@ def child_env(threads: int) -> dict:
 # the authors' code: main.py + test.py, timed from outside
 
 
-def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: Path) -> dict:
-    """Train and test the public code on the 5 folds of ``seed``; returns per-fold metrics, epoch
+def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: Path,
+               n_folds: int = 5, max_epochs: int | None = None) -> dict:
+    """Train and test the public code on folds ``0 .. n_folds - 1`` of ``seed`` (``run.sh``
+    settings; ``max_epochs`` overrides its 100 for timing runs); returns per-fold metrics, epoch
     and inference timings and the peak RSS of each phase."""
     import pandas as pd
 
@@ -336,8 +338,12 @@ def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: 
     common = ["--data_root_dir", files.h5_dir, "--csv_path", files.labels_csv,
               "--label_col", "label", "--positive_label", "1", "--seed", str(seed)]
     train_args = [*PUBLIC_TRAIN_ARGS, *common, "--omic_root_dir", files.npy_dir,
-                  "--split_dir", split_name, "--results_dir", str(results)]
-    test_args = ["--model_name", "mkd", "--omic_input_dim", str(files.n_genes), "--k", "5",
+                  "--split_dir", split_name, "--results_dir", str(results),
+                  "--k_start", "0", "--k_end", str(n_folds)]
+    if max_epochs is not None:
+        train_args += ["--max_epochs", str(max_epochs)]
+    test_args = ["--model_name", "mkd", "--omic_input_dim", str(files.n_genes), "--k",
+                 str(n_folds),
                  "--num_memory", "16", "--results_dir", str(results),
                  "--split_dir_name", split_name, *common]
     env = child_env(threads)
@@ -357,7 +363,7 @@ def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: 
                          f"found {exp_dirs}")
     folds, dropped = {}, {}
     summary = pd.read_csv(exp_dirs[0] / "summary_metrics.csv")
-    for fold in range(5):
+    for fold in range(n_folds):
         preds = pd.read_csv(exp_dirs[0] / f"test_preds_fold_{fold}.csv", dtype={"slide_id": str})
         expected = read_split(files, seed, fold)["test"]
         dropped[fold] = sorted(set(expected) - set(preds["slide_id"]))
@@ -372,7 +378,9 @@ def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: 
     reported = [line for line in log_text.splitlines() if "Mean Validation AUC" in line]
     train, test = out["train"], out["test"]
     epochs = [t + v for t, v in zip(train["train_loop_s"], train["val_loop_s"])]
+    epochs_cpu = [t + v for t, v in zip(train["train_loop_cpu_s"], train["val_loop_cpu_s"])]
     test_calls = [c for c in test["inference_calls"] if c["split"] == "test"]
+    n_test = max(1, sum(c["n_slides"] for c in test_calls))
     return {
         "folds": folds,
         "dropped_test_slides": dropped,
@@ -380,15 +388,28 @@ def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: 
         "best_val_auc": train["best_val_auc"],
         "epochs_per_fold": train["epochs_per_fold"],
         "s_per_epoch": float(np.mean(epochs)),
-        "s_per_train_pass": float(np.mean(train["train_loop_s"])),
+        "cpu_s_per_epoch": float(np.mean(epochs_cpu)),
         "ms_per_slide_model": 1e3 * float(np.mean(test["forward_s"])),
-        "ms_per_slide_end_to_end": 1e3 * sum(c["seconds"] for c in test_calls)
-        / max(1, sum(c["n_slides"] for c in test_calls)),
+        "ms_per_slide_end_to_end": 1e3 * sum(c["seconds"] for c in test_calls) / n_test,
+        "cpu_ms_per_slide_end_to_end": 1e3 * sum(c["cpu_seconds"] for c in test_calls) / n_test,
         "peak_rss_mib": max(train["peak_rss_mib"], test["peak_rss_mib"]),
         "peak_rss_main_mib": max(train["peak_rss_main_mib"], test["peak_rss_main_mib"]),
         "max_processes": max(train["max_processes"], test["max_processes"]),
         "wall_s": train["wall_s"] + test["wall_s"],
     }
+
+
+def cpu_seconds(children: bool = True) -> float:
+    """User + system CPU seconds of this process (all threads) and, with ``children``, of its
+    finished child processes (loader workers are joined at the end of each pass)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    if children:
+        done = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += done.ru_utime + done.ru_stime
+    return total
 
 
 def _dump(path: Path, record: dict) -> None:
@@ -403,22 +424,24 @@ def _public_train(src: Path, timing_path: Path, argv: list[str]) -> None:
     sys.argv = [str(src / "main.py"), *argv]
     import utils.Mkd_train_utils as loops  # noqa: E402  (their package, from src)
 
-    record = {"train_loop_s": [], "val_loop_s": [], "n_train": [], "best_val_auc": [],
-              "epochs_per_fold": [], "bootstrap_s": []}
+    record = {"train_loop_s": [], "val_loop_s": [], "train_loop_cpu_s": [], "val_loop_cpu_s": [],
+              "n_train": [], "best_val_auc": [], "epochs_per_fold": [], "bootstrap_s": []}
     train_loop, val_loop = loops.mkd_train_loop, loops.mkd_validate_loop
 
     def timed_train(epoch, model, loader, *args, **kwargs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         result = train_loop(epoch, model, loader, *args, **kwargs)
         record["train_loop_s"].append(time.perf_counter() - start)
+        record["train_loop_cpu_s"].append(cpu_seconds() - cpu)
         record["n_train"].append(len(loader.dataset))
         _dump(timing_path, record)
         return result
 
     def timed_val(*args, **kwargs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         result = val_loop(*args, **kwargs)
         record["val_loop_s"].append(time.perf_counter() - start)
+        record["val_loop_cpu_s"].append(cpu_seconds() - cpu)
         _dump(timing_path, record)
         return result
 
@@ -459,11 +482,12 @@ def _public_test(src: Path, timing_path: Path, argv: list[str]) -> None:
 
     def timed_inference(model, df_all, slide_ids, *args, **kwargs):
         nonlocal calls
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         df = run_inference(model, df_all, slide_ids, *args, **kwargs)
         record["inference_calls"].append({
             "split": "val" if calls % 2 == 0 else "test", "seconds": time.perf_counter() - start,
-            "n_slides": int(len(df)), "n_requested": int(len(slide_ids))})
+            "cpu_seconds": cpu_seconds() - cpu, "n_slides": int(len(df)),
+            "n_requested": int(len(slide_ids))})
         calls += 1
         _dump(timing_path, record)
         return df
@@ -492,11 +516,13 @@ def _public_test(src: Path, timing_path: Path, argv: list[str]) -> None:
 
 
 def run_ours(files: CohortFiles, seed: int, threads: int, run_dir: Path, epochs: int,
-             patience: int, config: dict) -> dict:
+             patience: int, config: dict, n_folds: int = 5) -> dict:
+    """Train and test this project's MoMKD (``run_cv``) on folds ``0 .. n_folds - 1`` of ``seed``
+    in a child process; returns per-fold metrics of every stage, timings and peak RSS."""
     run_dir.mkdir(parents=True)
     spec = {"files": asdict(files), "seed": seed, "threads": threads, "epochs": epochs,
             "patience": patience, "config": config, "out": str(run_dir / "run"),
-            "timing": str(run_dir / "timing.json")}
+            "timing": str(run_dir / "timing.json"), "folds": list(range(n_folds))}
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=1))
     cmd = [sys.executable, str(Path(__file__).resolve()), "_ours", str(run_dir / "spec.json")]
     proc = run_monitored(cmd, run_dir, child_env(threads), run_dir / "ours.log")
@@ -512,9 +538,11 @@ def run_ours(files: CohortFiles, seed: int, threads: int, run_dir: Path, epochs:
     return {
         "models": models,
         "s_per_epoch": {k: float(np.mean(v)) for k, v in epochs_s.items()},
+        "cpu_s_per_epoch": {k: float(np.mean(v)) for k, v in timing["epoch_cpu_s"].items()},
         "epochs_per_fold": timing["epochs_per_fold"],
         "ms_per_slide_model": 1e3 * float(np.mean(timing["forward_s"])),
         "ms_per_slide_end_to_end": 1e3 * float(np.mean(timing["end_to_end_s"])),
+        "cpu_ms_per_slide_end_to_end": 1e3 * float(np.mean(timing["end_to_end_cpu_s"])),
         "peak_rss_mib": proc["peak_rss_mib"],
         "peak_rss_main_mib": proc["peak_rss_main_mib"],
         "max_processes": proc["max_processes"],
@@ -537,16 +565,18 @@ def _ours(spec_path: Path) -> None:
     files = CohortFiles(**spec["files"])
     seed, timing_path = spec["seed"], Path(spec["timing"])
     torch.set_num_threads(spec["threads"])
-    record: dict = {"epoch_s": {}, "epochs_per_fold": {}, "forward_s": [], "end_to_end_s": []}
+    record: dict = {"epoch_s": {}, "epoch_cpu_s": {}, "epochs_per_fold": {}, "forward_s": [],
+                    "end_to_end_s": [], "end_to_end_cpu_s": []}
 
     class EpochTimer(Callback):
         def on_stage_start(self, progress) -> None:
-            self.start = time.perf_counter()
+            self.start, self.cpu = time.perf_counter(), cpu_seconds(children=False)
 
         def on_epoch_end(self, progress, metrics) -> None:
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), cpu_seconds(children=False)
             record["epoch_s"].setdefault(progress.stage, []).append(now - self.start)
-            self.start = now
+            record["epoch_cpu_s"].setdefault(progress.stage, []).append(cpu - self.cpu)
+            self.start, self.cpu = now, cpu
 
         def on_stage_end(self, progress, result) -> None:
             record["epochs_per_fold"].setdefault(progress.stage, []).append(result.epochs_run)
@@ -559,17 +589,19 @@ def _ours(spec_path: Path) -> None:
     train_config = TrainConfig(epochs=spec["epochs"], patience=spec["patience"], lr=2e-4,
                                weight_decay=1e-4, grad_clip=16.0, seed=seed, device="cpu",
                                num_threads=spec["threads"])
-    result = run_cv("momkd", config, data, spec["out"], train_config, callbacks=[EpochTimer()])
+    result = run_cv("momkd", config, data, spec["out"], train_config, folds=spec["folds"],
+                    callbacks=[EpochTimer()])
     # inference per test slide with the trained student, as `histokd predict` does it: read the
     # .h5, build the kNN graph, forward (end to end); and the forward alone with the graph built
-    for fold in range(data.n_folds):
+    for fold in spec["folds"]:
         model, _ = load_model(Path(result.run_dir) / f"fold_{fold}" / "student.safetensors")
         for slide in read_split(files, seed, fold)["test"]:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds(children=False)
             bag, _ = slide_bag(files.h5_dir, slide)
             with torch.no_grad():
                 model.predict(bag)
             record["end_to_end_s"].append(time.perf_counter() - start)
+            record["end_to_end_cpu_s"].append(cpu_seconds(children=False) - cpu)
             start = time.perf_counter()
             with torch.no_grad():
                 model.predict(bag)
@@ -623,31 +655,67 @@ def per_fold_table(rows: dict[str, dict[str, dict]]) -> list[str]:
 
 
 def speed_table(theirs: list[dict], ours: list[dict], threads: int) -> list[str]:
+    """Markdown table of epoch and inference times (wall and CPU), memory and processes, means over
+    runs; ours per stage for the epoch rows."""
+
     def mean(values):
         return float(np.mean(values))
 
-    t_epoch = mean([r["s_per_epoch"] for r in theirs])
-    o_epoch = {stage: mean([r["s_per_epoch"][stage] for r in ours]) for stage in
-               ours[0]["s_per_epoch"]}
     lines = [f"| measurement ({threads} torch thread(s) each) | authors' code | ours | "
              "ours / theirs |", "|---|---|---|---|"]
-    for stage, value in o_epoch.items():
-        lines.append(f"| s per training epoch (train + validation), ours = {stage} | "
-                     f"{t_epoch:.2f} | {value:.2f} | {value / t_epoch:.2f} |")
-    for key, label in (("ms_per_slide_model", "ms per slide, model forward (graph built)"),
-                       ("ms_per_slide_end_to_end", "ms per slide, .h5 -> graph -> prediction"),
+    for key, label in (("s_per_epoch", "s per training epoch (train + validation pass), wall"),
+                       ("cpu_s_per_epoch", "CPU s per training epoch (all processes)")):
+        t = mean([r[key] for r in theirs])
+        for stage in ours[0][key]:
+            o = mean([r[key][stage] for r in ours])
+            lines.append(f"| {label}, ours = {stage} | {t:.2f} | {o:.2f} | {o / t:.2f} |")
+    for key, label in (("ms_per_slide_model", "ms per slide, model forward (graph built), wall"),
+                       ("ms_per_slide_end_to_end", "ms per slide, .h5 -> graph -> prediction, wall"),
+                       ("cpu_ms_per_slide_end_to_end",
+                        "CPU ms per slide, .h5 -> graph -> prediction"),
                        ("peak_rss_mib", "peak RSS of the process tree, MiB"),
                        ("peak_rss_main_mib", "peak RSS of the main process, MiB")):
         t, o = mean([r[key] for r in theirs]), mean([r[key] for r in ours])
         lines.append(f"| {label} | {t:.1f} | {o:.1f} | {o / t:.2f} |")
     t_proc = max(r["max_processes"] for r in theirs)
     o_proc = max(r["max_processes"] for r in ours)
-    lines.append(f"| processes (main + loader workers) | {t_proc} | {o_proc} | |")
+    lines.append(f"| processes at once (main + loader workers) | {t_proc} | {o_proc} | |")
     t_ep = [e for r in theirs for e in r["epochs_per_fold"]]
     o_ep = [e for r in ours for e in r["epochs_per_fold"]["student"]]
     lines.append(f"| epochs trained per fold (mean) | {np.mean(t_ep):.1f} | {np.mean(o_ep):.1f} "
                  "| |")
     return lines
+
+
+def duel(public: Path, work: Path, args, name: str, n_cases: int, n_patches: int,
+         feat_dim: int) -> dict:
+    """Speed only, alternating the two implementations ``args.duel_repeats`` times on fold 0 of a
+    cohort (``args.duel_epochs`` epochs each), so both meet the same machine load; returns the
+    runs and prints per-repeat ratios with their median."""
+    src = work / f"public_code_d{feat_dim}"
+    if not src.exists():
+        prepare_public(public, src, feat_dim)
+    files, _ = write_cohort(work / name / "data", "separable", [0], n_cases, n_patches, feat_dim)
+    theirs, ours = [], []
+    config = {"compare_memory_updates": False}
+    for r in range(args.duel_repeats):
+        theirs.append(run_public(src, files, 0, args.threads, work / name / f"public_r{r}",
+                                 n_folds=1, max_epochs=args.duel_epochs))
+        ours.append(run_ours(files, 0, args.threads, work / name / f"ours_r{r}",
+                             args.duel_epochs, args.duel_epochs, config, n_folds=1))
+    print(f"\n## speed, alternating runs: '{name}' ({n_cases} cases, ~{n_patches} patches, "
+          f"d = {feat_dim}), fold 0, at most {args.duel_epochs} epochs, {args.duel_repeats} "
+          "repeats\n")
+    print("\n".join(speed_table(theirs, ours, args.threads)))
+    for key in ("s_per_epoch", "cpu_s_per_epoch"):
+        ratios = [o[key]["student"] / t[key] for t, o in zip(theirs, ours)]
+        print(f"\n{key}, ours (student) / theirs per repeat: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)}; median {np.median(ratios):.2f}")
+    for key in ("ms_per_slide_end_to_end", "cpu_ms_per_slide_end_to_end"):
+        ratios = [o[key] / t[key] for t, o in zip(theirs, ours)]
+        print(f"{key}, ours / theirs per repeat: {', '.join(f'{x:.2f}' for x in ratios)}; "
+              f"median {np.median(ratios):.2f}")
+    return {"theirs": theirs, "ours": ours, "files": asdict(files)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -680,6 +748,14 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=10, help="ours: early-stopping patience")
     parser.add_argument("--ours-config", default="{}",
                         help="JSON of histokd MoMKD Config fields (default: the defaults)")
+    parser.add_argument("--duel", default="small,large",
+                        help="speed-only alternating runs: 'small' (the quality cohorts' slide "
+                        "size), 'large' (--duel-patches, --duel-feat-dim), or ''")
+    parser.add_argument("--duel-repeats", type=int, default=3)
+    parser.add_argument("--duel-epochs", type=int, default=3)
+    parser.add_argument("--duel-cases", type=int, default=40)
+    parser.add_argument("--duel-patches", type=int, default=2000)
+    parser.add_argument("--duel-feat-dim", type=int, default=1024)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     cohorts = [c for c in args.cohort.split(",") if c]
@@ -735,6 +811,14 @@ def main() -> None:
                   f"folds {np.mean([v['auc'] for v in r['folds'].values()]):.4f}.")
         summary["cohorts"][name] = {"files": asdict(files), "theirs": theirs, "ours": ours,
                                     "rows": rows}
+    duels = [d for d in args.duel.split(",") if d]
+    if set(duels) - {"small", "large"}:
+        raise SystemExit(f"--duel: expected small and/or large, got {args.duel!r}")
+    summary["speed"] = {}
+    for d in duels:
+        size = ((args.duel_cases, args.patches, args.feat_dim) if d == "small" else
+                (args.duel_cases, args.duel_patches, args.duel_feat_dim))
+        summary["speed"][d] = duel(args.public, work, args, f"speed_{d}", *size)
     (work / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     print(f"\nsummary: {work / 'summary.json'}")
 
