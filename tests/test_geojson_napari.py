@@ -47,10 +47,13 @@ def test_writer_uses_layer_transform_and_refuses_overwrite(tmp_path):
 
 
 def test_lines_are_skipped_and_ellipses_become_polygons():
-    attrs = {"shape_type": ["path", "ellipse"], "metadata": {"histokd_mpp": 1.0}}
+    attrs = {"shape_type": ["path", "ellipse"]}
     ell = np.array([[0, 0], [0, 20], [10, 20], [10, 0]], dtype=float)
-    (a,) = shapes_to_annotations([np.zeros((3, 2)), ell], attrs)
+    (a,) = shapes_to_annotations([np.zeros((3, 2)), ell], attrs, 1.0, physical=False)
     assert a.geometry.area == pytest.approx(np.pi * 10 * 5, rel=0.01)
+    assert "Area µm^2" not in a.measurements  # a slide in pixels has no physical area
+    (b,) = shapes_to_annotations([ell], {"shape_type": ["ellipse"]}, 1.0)  # a slide at 1.0 um/px
+    assert b.measurements["Area µm^2"] == pytest.approx(np.pi * 10 * 5, rel=0.01)
 
 
 @pytest.mark.gui

@@ -198,7 +198,7 @@ def rich_explanation():
 
 
 def test_pathway_selector_swaps_map_and_legends(make_napari_viewer, trained):
-    from histokd_core.explain.analyse import Analysis
+    from histokd_core.workflows import Analysis
     from napari_histokd._widgets.analyse import AnalyseWidget, add_analysis_layers
 
     viewer = make_napari_viewer()
@@ -241,8 +241,8 @@ def test_layers_follow_a_pixel_unit_slide():
 
 def test_export_widget_regions_top_patches_and_overwrite(make_napari_viewer, trained, tmp_path):
     from histokd_core.explain import rasterize, threshold_regions
-    from histokd_core.explain.analyse import Analysis
     from histokd_core.export import read_geojson
+    from histokd_core.workflows import Analysis
     from napari_histokd._widgets.analyse import add_analysis_layers
     from napari_histokd._widgets.export import ExportWidget
 
@@ -250,7 +250,8 @@ def test_export_widget_regions_top_patches_and_overwrite(make_napari_viewer, tra
     (data, kwargs, kind), = read_slides(str(trained.slide.path))
     viewer.add_image(data, **kwargs)
     expl = rich_explanation()
-    layers = add_analysis_layers(viewer, Analysis(expl, {}, "s", trained.features, trained.slide.path), MPP)
+    layers = add_analysis_layers(viewer, Analysis(expl, {}, "s", trained.features, trained.slide.path), MPP,
+                                 slide_mpp=MPP)
     w = ExportWidget(viewer)
     w.heatmap.setCurrentText(layers["attention"].name)
     w.set_quantile()
@@ -287,3 +288,24 @@ def test_export_widget_regions_top_patches_and_overwrite(make_napari_viewer, tra
     # errors become a status line + notification, not an exception
     w.heatmap.clear()
     assert w._guard(w.export_regions) is None and "Analyse" in w.status.text()
+
+
+@pytest.mark.parametrize("slide_mpp", [1.0, None])
+def test_region_areas_follow_the_slide_mpp_not_the_world_scale(make_napari_viewer, trained, tmp_path,
+                                                                slide_mpp):
+    """A slide at exactly 1 um/px gets areas; a slide without mpp (shown in pixels) gets none,
+    though both have a world scale of 1.0."""
+    from histokd_core.export import read_geojson
+    from histokd_core.workflows import Analysis
+    from napari_histokd._widgets.analyse import add_analysis_layers
+    from napari_histokd._widgets.export import ExportWidget
+
+    viewer = make_napari_viewer()
+    layers = add_analysis_layers(viewer, Analysis(rich_explanation(), {}, "s", trained.features), 1.0,
+                                 slide_mpp=slide_mpp)
+    w = ExportWidget(viewer)
+    w.heatmap.setCurrentText(layers["attention"].name)
+    w.set_quantile()
+    w.out.setText(str(tmp_path / "r.geojson"))
+    (ann, *_) = read_geojson(w.export_regions())
+    assert ("Area µm^2" in ann.measurements) == (slide_mpp is not None)

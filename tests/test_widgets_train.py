@@ -34,13 +34,18 @@ def fill(w, c, out, epochs):
     w.threads.setValue(1)
 
 
-def test_options_map_to_cli_arguments():
+def test_options_map_to_workflow_arguments():
+    import inspect
+
+    from histokd_core.workflows import train_cohort
+
     o = TrainOptions(cohort="c.csv", features="f", out="run", method="momkd", task="classification",
                      only_folds=[0], epochs=2, resume=True, threads=2)
-    a = o.argv()
-    assert a[:3] == ["train", "--method", "momkd"] and "--resume" in a
-    assert a[a.index("--only-folds") + 1] == "0" and a[a.index("--threads") + 1] == "2"
-    assert "--omics" not in a
+    k = o.kwargs()
+    assert k["method"] == "momkd" and k["resume"] is True and k["task"] == "classification"
+    assert k["only_folds"] == [0] and k["threads"] == 2 and k["omics"] is None
+    assert set(k) <= set(inspect.signature(train_cohort).parameters)
+    assert TrainOptions(cohort="c", features="f", out="o").kwargs()["only_folds"] is None
 
 
 def test_train_one_fold_two_epochs_progress_and_results(make_napari_viewer, qtbot, cohort, tmp_path):
@@ -63,9 +68,11 @@ def test_train_one_fold_two_epochs_progress_and_results(make_napari_viewer, qtbo
     qtbot.waitUntil(w.run_btn.isEnabled, timeout=120_000)
     timer.stop()
     assert w.metrics is not None, w.status.text()
-    epochs = [e for e in events if e["event"] == "epoch"]
+    epochs = [e for e in events if e["kind"] == "epoch"]
     assert {e["stage"] for e in epochs} == {"abmil", "omics_only"}
     assert [e["epoch"] for e in epochs if e["stage"] == "abmil"] == [1, 2]
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and 0 < fractions[0] < 1  # structured, monotone progress
     assert w.bar.value() == 1000 and w.table.rowCount() > 0
     assert (tmp_path / "run" / "fold_0" / "abmil.safetensors").is_file()
     assert set(w.loss_plot.series) == {"abmil", "omics_only"} and len(w.loss_plot.series["abmil"]) == 2
@@ -79,7 +86,7 @@ def test_cancel_stops_and_keeps_checkpoint(make_napari_viewer, qtbot, cohort, tm
 
     w = TrainWidget(make_napari_viewer())
     fill(w, cohort, tmp_path / "run", epochs=500)
-    w.signals.metrics.connect(lambda m: m["event"] == "epoch" and m["epoch"] >= 2 and w.cancel())
+    w.signals.metrics.connect(lambda m: m["kind"] == "epoch" and m["epoch"] >= 2 and w.cancel())
     assert w.start() is not None
     qtbot.waitUntil(w.run_btn.isEnabled, timeout=120_000)
     assert w.metrics is None and "cancelled" in w.status.text()
@@ -89,7 +96,7 @@ def test_cancel_stops_and_keeps_checkpoint(make_napari_viewer, qtbot, cohort, tm
 
 
 @pytest.mark.slow
-def test_subprocess_mode_follows_the_cli_log(make_napari_viewer, qtbot, cohort, tmp_path):
+def test_subprocess_mode_reports_progress_and_results(make_napari_viewer, qtbot, cohort, tmp_path):
     from napari_histokd._widgets.train import TrainWidget
 
     w = TrainWidget(make_napari_viewer())

@@ -6,9 +6,12 @@ um/px is level-0 pixel centre ``(x / mpp, y / mpp)``, i.e. QuPath ``(x / mpp + 0
 The reader inverts this and returns a Shapes layer with ``scale = (mpp, mpp)`` so that it lands
 on the slide.
 
-The world unit per level-0 pixel (``mpp``) comes, in order, from the layer's
-``metadata["histokd_mpp"]``, else from the slide layer of the current viewer (``scale`` of the
-layer with ``metadata["histokd_kind"] == "slide"``), else 1.0 (the slide is shown in pixels).
+The conversions take the slide's scale explicitly: ``mpp`` world units per level-0 pixel (its
+microns per pixel, or 1.0 for a slide shown in pixels) and whether those units are microns
+(``physical``: only then do annotations get an area in um^2). A Shapes layer made here records
+them in ``metadata["histokd_mpp"]`` and ``metadata["histokd_physical"]``. The Export dock reads
+the scale of its own viewer's slide layer (:func:`slide_scale`); only the npe2 reader and writer
+below, which napari calls without a viewer, fall back to ``napari.current_viewer()``.
 """
 
 from __future__ import annotations
@@ -30,20 +33,35 @@ LayerData = tuple[Any, dict[str, Any], str]
 SUPPORTED = ("polygon", "rectangle", "ellipse")
 
 
-def viewer_slide_mpp() -> float | None:
-    """World units per level-0 px of the current viewer's slide layer, or None."""
-    try:
-        import napari
-    except ImportError:  # pragma: no cover - napari is a dependency of this package
-        return None
-    viewer = napari.current_viewer()
+def slide_scale(viewer) -> tuple[float, bool] | None:
+    """``(mpp, physical)`` of ``viewer``'s slide layer: world units per level-0 px (its ``scale``)
+    and whether they are microns (False for a slide without mpp, shown in pixels); None when no
+    slide is open."""
     if viewer is None:
         return None
-    scales = {float(layer.scale[-1]) for layer in viewer.layers if layer.metadata.get("histokd_kind") == "slide"}
+    slides = [layer for layer in viewer.layers if layer.metadata.get("histokd_kind") == "slide"]
+    scales = {float(layer.scale[-1]) for layer in slides}
     if len(scales) > 1:
         raise HistoKDError(f"several slides with different scales are open ({sorted(scales)}); "
                            "set the Shapes layer's metadata['histokd_mpp']")
-    return scales.pop() if scales else None
+    if not slides:
+        return None
+    return scales.pop(), not slides[0].metadata.get("mpp_missing", False)
+
+
+def _layer_scale(attributes: dict) -> tuple[float, bool]:
+    """The scale a Shapes layer given to the npe2 writer lies at: its own metadata, else the
+    current viewer's slide (napari gives writers no viewer), else pixels."""
+    meta = attributes.get("metadata") or {}
+    if meta.get("histokd_mpp"):
+        return float(meta["histokd_mpp"]), bool(meta.get("histokd_physical", True))
+    return slide_scale(_current_viewer()) or (1.0, False)
+
+
+def _current_viewer():
+    import napari
+
+    return napari.current_viewer()
 
 
 def _world_matrix(attributes: dict) -> np.ndarray:
@@ -61,14 +79,17 @@ def _world_matrix(attributes: dict) -> np.ndarray:
     return m
 
 
-def shapes_to_annotations(data: list[np.ndarray], attributes: dict, mpp: float | None = None) -> list[Annotation]:
+def shapes_to_annotations(
+    data: list[np.ndarray], attributes: dict, mpp: float, physical: bool = True
+) -> list[Annotation]:
     """QuPath annotations of a Shapes layer's polygons, rectangles and ellipses.
 
-    Paths and lines have no area and are skipped with a warning. Classification comes from the
-    ``features`` column ``classification`` (else the layer name), colour from ``edge_color``.
+    ``mpp`` is the slide's world units per level-0 pixel; ``physical`` whether they are microns
+    (then each annotation gets its area in um^2). Paths and lines have no area and are skipped
+    with a warning. Classification comes from the ``features`` column ``classification`` (else
+    the layer name), colour from ``edge_color``.
     """
     meta = attributes.get("metadata") or {}
-    mpp = mpp or meta.get("histokd_mpp") or viewer_slide_mpp() or 1.0
     shape_types = attributes.get("shape_type") or ["polygon"] * len(data)
     if isinstance(shape_types, str):
         shape_types = [shape_types] * len(data)
@@ -101,7 +122,7 @@ def shapes_to_annotations(data: list[np.ndarray], attributes: dict, mpp: float |
         )
         if i < len(ids) and ids[i]:
             ann.id = ids[i]
-        if mpp != 1.0:
+        if physical:
             with_area(ann, mpp)
         out.append(ann)
     return out
@@ -115,13 +136,16 @@ def write_shapes(path: str, data: Any, attributes: dict) -> list[str]:
     to replace a file (or set ``metadata["histokd_overwrite"] = True`` on the layer)."""
     if not str(path).lower().endswith((".geojson", ".json")):
         path = f"{path}.geojson"
-    anns = shapes_to_annotations(list(data), attributes)
+    anns = shapes_to_annotations(list(data), attributes, *_layer_scale(attributes))
     overwrite = bool((attributes.get("metadata") or {}).get("histokd_overwrite", False))
     return [str(write_geojson(path, anns, overwrite=overwrite))]
 
 
-def annotations_to_shapes(annotations: list[Annotation], mpp: float, name: str = "annotations") -> LayerData:
-    """Shapes layer data for annotations (holes are dropped: napari polygons have none)."""
+def annotations_to_shapes(
+    annotations: list[Annotation], mpp: float, name: str = "annotations", physical: bool = True
+) -> LayerData:
+    """Shapes layer data for annotations on a slide at ``mpp`` world units per level-0 px
+    (microns when ``physical``); holes are dropped (napari polygons have none)."""
     polys, cls, names, colors, ids, meas_keys = [], [], [], [], [], set()
     rows = []
     for a in annotations:
@@ -148,16 +172,19 @@ def annotations_to_shapes(annotations: list[Annotation], mpp: float, name: str =
         "face_color": "transparent",
         "edge_width": 2.0,
         "features": features,
-        "metadata": {"histokd_kind": "geojson", "histokd_mpp": mpp, "geojson_ids": ids},
+        "metadata": {"histokd_kind": "geojson", "histokd_mpp": mpp, "histokd_physical": physical,
+                     "geojson_ids": ids},
     }
     return polys, kwargs, "shapes"
 
 
 def read_geojson_layers(path: str | list[str]) -> list[LayerData]:
-    """napari reader: QuPath GeoJSON -> Shapes on the current viewer's slide."""
+    """napari reader: QuPath GeoJSON -> Shapes on the current viewer's slide (napari gives readers
+    no viewer; without a slide the shapes are in pixels)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    mpp = viewer_slide_mpp() or 1.0
-    return [annotations_to_shapes(read_geojson(p), mpp, name=os.path.basename(str(p))) for p in paths]
+    mpp, physical = slide_scale(_current_viewer()) or (1.0, False)
+    return [annotations_to_shapes(read_geojson(p), mpp, name=os.path.basename(str(p)), physical=physical)
+            for p in paths]
 
 
 def get_geojson_reader(path: str | list[str]):

@@ -83,17 +83,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args, data_dir: Path, features: Path, run_dir: Path) -> dict:
-    from histokd_core.dataset import CohortData
-    from histokd_core.train import LoggingCallback, TrainConfig, run_cv
+    from histokd_core.train import LoggingCallback
+    from histokd_core.workflows import train_cohort
 
     log.info("[3/5] loading cohort, omics and pathway gene sets")
-    data = CohortData(data_dir / "cohort.csv", features, omics=data_dir / "omics.csv",
-                      gene_sets=data_dir / "gene_sets.gmt", n_folds=args.folds, seed=args.seed)
     log.info("[4/5] AMKD %d-fold cross-validation (teacher, student, student_no_kd, abmil, "
              "omics_only) -> %s", args.folds, run_dir)
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed)
-    result = run_cv("amkd", None, data, run_dir, config, callbacks=[LoggingCallback(log)],
-                    resume=run_dir.exists())
+    result = train_cohort("amkd", data_dir / "cohort.csv", features, run_dir,
+                          omics=data_dir / "omics.csv", gene_sets=data_dir / "gene_sets.gmt",
+                          n_folds=args.folds, seed=args.seed, epochs=args.epochs, lr=args.lr,
+                          device=args.device, resume=run_dir.exists(),
+                          callbacks=[LoggingCallback(log)])
     return result.metrics
 
 
@@ -106,12 +106,11 @@ def _print_table(metrics: dict) -> None:
 
 def _overlays(run_dir: Path, data_dir: Path, features: Path, out_dir: Path) -> list[Path]:
     """Attention and top-pathway heatmaps of one test slide of fold 0, over its thumbnail."""
-    from histokd_core.explain.render import overlay_png
-    from histokd_core.dataset import slide_bag
-    from histokd_core.slide import open_slide
-    from histokd_core.train import load_model
-
     import pandas as pd
+
+    from histokd_core.explain.render import overlay_png
+    from histokd_core.slide import open_slide
+    from histokd_core.workflows import analyse_slide
 
     predictions = pd.read_csv(run_dir / "fold_0" / "predictions.csv")
     student = predictions[predictions["model"] == "student"].sort_values("risk", ascending=False)
@@ -119,9 +118,8 @@ def _overlays(run_dir: Path, data_dir: Path, features: Path, out_dir: Path) -> l
     case_id = student["case_id"].iloc[0]
     slide_id = cohort.loc[cohort["case_id"] == case_id, "slide_id"].iloc[0]
     slide_path = data_dir / "slides" / f"{Path(str(slide_id)).stem}.tif"
-    model, _ = load_model(run_dir / "fold_0" / "student.safetensors")
-    bag, _ = slide_bag(features, slide_path.stem)
-    explanation = model.eval().explain(bag)
+    explanation = analyse_slide(run_dir / "fold_0" / "student.safetensors", features,
+                                slide_id=slide_path.stem, device="cpu").explanation
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_slide(slide_path) as slide:
         written = [overlay_png(slide, explanation.coords, explanation.attention,

@@ -95,42 +95,28 @@ def load_method_config(path: Path | None) -> dict:
     return values
 
 
-def summary_table(metrics: dict) -> str:
-    """The summary of metrics.json as an aligned text table."""
-    rows = [("model", "metric", "mean", "std")]
-    for model, values in metrics["summary"].items():
-        for key, mean in values.items():
-            if key.endswith("_mean"):
-                name = key[: -len("_mean")]
-                std = _fmt(values[f"{name}_std"]) if f"{name}_std" in values else ""
-                rows.append((model, name, _fmt(mean), std))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def _fmt(value) -> str:
-    return "nan" if value is None else f"{value:.3f}"
-
-
 def run(args: argparse.Namespace) -> int:
-    from histokd_core.cohort import load_cohort
-    from histokd_core.dataset import CohortData
-    from histokd_core.methods.registry import check_task
-    from histokd_core.train import LoggingCallback, TrainConfig, run_cv
+    from histokd_core.train import LoggingCallback
+    from histokd_core.train.results import summary_table
+    from histokd_core.workflows import train_cohort
 
-    task = check_task(args.method, args.task)
-    cohort = load_cohort(args.cohort, task=task, label_column=args.label_column)
-    data = CohortData(
-        cohort,
+    folds = (
+        None
+        if args.only_folds is None
+        else [int(f) for f in args.only_folds.split(",") if f.strip()]
+    )
+    result = train_cohort(
+        args.method,
+        args.cohort,
         args.features,
+        args.out,
         omics=args.omics,
         gene_sets=args.gene_sets,
-        folds=args.folds_csv,
+        task=args.task,
+        label_column=args.label_column,
         n_folds=args.folds,
-        seed=args.seed,
-    )
-    log.info("%r", data)
-    config = TrainConfig(
+        folds_csv=args.folds_csv,
+        only_folds=folds,
         epochs=args.epochs,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
@@ -139,22 +125,10 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
         device=args.device,
-        num_threads=args.threads,
-    )
-    folds = (
-        None
-        if args.only_folds is None
-        else [int(f) for f in args.only_folds.split(",") if f.strip()]
-    )
-    result = run_cv(
-        args.method,
-        load_method_config(args.method_config),
-        data,
-        args.out,
-        config,
-        folds=folds,
-        callbacks=[LoggingCallback()],
+        threads=args.threads,
+        method_config=load_method_config(args.method_config),
         resume=args.resume,
+        callbacks=[LoggingCallback()],
     )
     print(summary_table(result.metrics), file=sys.stdout)
     log.info("run written to %s", result.run_dir)

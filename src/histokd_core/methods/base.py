@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from histokd_core.bag import Bag, DataInfo, Task
+from histokd_core.survival.losses import discrete_risk
 
 
 @dataclass
@@ -30,6 +31,17 @@ class Prediction:
     risk: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     attention: torch.Tensor | None = None
+
+    def survival_risk(self) -> float:
+        """The risk (higher = worse prognosis): ``risk`` when the model gives one, else the
+        discrete-time risk of its hazard ``logits``."""
+        if self.risk is not None:
+            return float(self.risk)
+        return float(discrete_risk(self.logits.detach().float()))
+
+    def class_probabilities(self) -> np.ndarray:
+        """``(C,)`` softmax of the class ``logits``, on the CPU."""
+        return torch.softmax(self.logits.detach().float(), -1).cpu().numpy()
 
 
 @dataclass
@@ -107,7 +119,7 @@ class BagModel(nn.Module):
         risk = None if pred.risk is None else float(pred.risk)
         prob = None
         if pred.logits is not None and self.task == "classification":
-            prob = float(torch.softmax(pred.logits.detach().float(), -1)[-1])
+            prob = float(pred.class_probabilities()[-1])
         return Explanation(
             coords=bag.coords.cpu().numpy(),
             patch_size=bag.patch_size,

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
+
+from histokd_core.progress import ProgressEvent, ProgressFn
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Progress:
-    """Where training is. Counts are 1-based; ``fold`` is None outside cross-validation."""
+    """Where training is. ``epoch`` and ``step`` are 1-based; ``fold`` is the fold's index (None
+    outside cross-validation), ``fold_index`` its 0-based position among the ``n_folds`` folds of
+    this run, ``stage_index`` the stage's 0-based position among the method's ``n_stages``."""
 
     stage: str
     epoch: int
@@ -24,6 +29,25 @@ class Progress:
     n_steps: int = 0
     fold: int | None = None
     n_folds: int | None = None
+    stage_index: int = 0
+    n_stages: int = 1
+    fold_index: int = 0
+
+    def fraction(self, stage_done: bool = False) -> float:
+        """How much of the whole run is done, 0..1: folds, then stages within a fold, then epochs
+        and steps within a stage (a stage that stops early jumps to its end)."""
+        if stage_done:
+            within = 1.0
+        else:
+            steps = self.step / self.n_steps if self.n_steps else 0.0
+            within = (max(self.epoch - 1, 0) + steps) / max(self.n_epochs, 1)
+        stage = (self.stage_index + min(within, 1.0)) / max(self.n_stages, 1)
+        return min((self.fold_index + stage) / max(self.n_folds or 1, 1), 1.0)
+
+    def where(self) -> str:
+        """``"fold 2 student epoch 3/100"`` (no fold outside cross-validation)."""
+        fold = f"fold {self.fold} " if self.fold is not None else ""
+        return f"{fold}{self.stage} epoch {self.epoch}/{self.n_epochs}"
 
 
 class Callback:
@@ -52,11 +76,8 @@ class LoggingCallback(Callback):
         self.log = logger or log
 
     def on_epoch_end(self, progress: Progress, metrics: dict[str, float]) -> None:
-        where = f"fold {progress.fold} " if progress.fold is not None else ""
         text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        self.log.info(
-            "%s%s epoch %d/%d %s", where, progress.stage, progress.epoch, progress.n_epochs, text
-        )
+        self.log.info("%s %s", progress.where(), text)
 
     def on_stage_end(self, progress: Progress, result) -> None:
         self.log.info(
@@ -66,6 +87,52 @@ class LoggingCallback(Callback):
             result.monitor,
             result.best_score,
         )
+
+
+class ProgressCallback(Callback):
+    """Trainer events as :class:`~histokd_core.progress.ProgressEvent` s for ``progress``.
+
+    Steps are reported at most every ``every_s`` seconds; every epoch, stage and fold end is
+    reported. ``fraction`` is :meth:`Progress.fraction` (the whole run)."""
+
+    def __init__(self, progress: ProgressFn, every_s: float = 0.1) -> None:
+        self.progress = progress
+        self.every_s = every_s
+        self._last_step = -float("inf")
+        self._folds_started = 0
+        self._n_folds = 1
+
+    def _event(self, kind, p: Progress, message: str, metrics: dict, done: bool = False) -> None:
+        self.progress(ProgressEvent(
+            kind, p.fraction(stage_done=done), message, stage=p.stage, fold=p.fold,
+            n_folds=p.n_folds, epoch=p.epoch, n_epochs=p.n_epochs, step=p.step,
+            n_steps=p.n_steps, metrics={k: float(v) for k, v in metrics.items()},
+        ))
+
+    def on_step(self, progress: Progress, logs: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self._last_step >= self.every_s:
+            self._last_step = now
+            self._event("step", progress, progress.where(), logs)
+
+    def on_epoch_end(self, progress: Progress, metrics: dict[str, float]) -> None:
+        floats = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        self._event("epoch", progress, progress.where(), floats)
+
+    def on_stage_end(self, progress: Progress, result) -> None:
+        self._event("stage", progress, f"{progress.where()}: done", {
+            "best_epoch": result.best_epoch, "best_score": result.best_score}, done=True)
+
+    def on_fold_start(self, fold: int, n_folds: int) -> None:
+        self._folds_started += 1
+        self._n_folds = max(int(n_folds), 1)
+
+    def on_fold_end(self, fold: int, test_metrics: dict[str, dict[str, float]]) -> None:
+        metrics = {f"{m}/{k}": v for m, vals in test_metrics.items() for k, v in vals.items()}
+        self.progress(ProgressEvent(
+            "fold", min(self._folds_started / self._n_folds, 1.0), f"fold {fold} tested",
+            fold=fold, n_folds=self._n_folds, metrics=metrics,
+        ))
 
 
 class EarlyStopping:

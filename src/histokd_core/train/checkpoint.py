@@ -30,7 +30,7 @@ _META_KEY = "histokd"
 
 
 def frozen_prefixes(model: nn.Module) -> list[str]:
-    """Names of submodules that are other, frozen KDModels (e.g. a teacher held by a student)."""
+    """Names of submodules that are other, frozen BagModels (e.g. a teacher held by a student)."""
     out = []
     for name, module in model.named_modules():
         if not name or not isinstance(module, BagModel):

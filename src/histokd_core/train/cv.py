@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from histokd_core import __version__
@@ -34,7 +32,6 @@ from histokd_core.errors import ConfigError, HistoKDError, RunDirError
 from histokd_core.io import atomic_write_text, to_jsonable
 from histokd_core.methods import registry
 from histokd_core.methods.base import BagModel
-from histokd_core.survival.km import km_logrank, plot_km
 from histokd_core.train.callbacks import Callback, Progress
 from histokd_core.train.checkpoint import (
     load_model_state,
@@ -44,6 +41,7 @@ from histokd_core.train.checkpoint import (
 )
 from histokd_core.train.evaluation import Outputs, predict_bags, score
 from histokd_core.train.plots import plot_history
+from histokd_core.train.results import pick_km_model, pooled_km, summarize, write_predictions
 from histokd_core.train.trainer import TrainConfig, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -58,29 +56,6 @@ class RunResult:
 
     run_dir: Path
     metrics: dict
-
-
-def summarize(task: str, folds: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean and (population) standard deviation over folds of each model's test metrics."""
-    keys = ("c_index",) if task == "survival" else ("auc", "acc", "f1")
-    models: list[str] = []
-    for fold in folds:
-        models += [m for m in fold["test"] if m not in models]
-    out: dict[str, dict[str, float]] = {}
-    for model in models:
-        out[model] = {}
-        for key in keys:
-            values = np.array(
-                [f["test"][model][key] for f in folds if model in f["test"]], dtype=np.float64
-            )
-            values = values[np.isfinite(values)]
-            mean = float(values.mean()) if values.size else math.nan
-            std = float(values.std()) if values.size else math.nan
-            if task == "survival" or key == "auc":
-                out[model][f"{key}_mean"], out[model][f"{key}_std"] = mean, std
-            else:
-                out[model][f"{key}_mean"] = mean
-    return out
 
 
 def _run_config(
@@ -148,37 +123,6 @@ def _stage_meta(method: str, config, stage: str, fold: int, info, train_config) 
         "encoder_id": info.encoder_id,
         "train_config": train_config,
     }
-
-
-def _write_predictions(path: Path, outputs: dict[str, Outputs], task: str) -> None:
-    lines = [
-        "model,case_id,time,event,label," + ("risk" if task == "survival" else "prob_positive")
-    ]
-    for name, out in outputs.items():
-        for i, case in enumerate(out.case_ids):
-            value = out.risk[i] if task == "survival" else out.probs[i, -1]
-            lines.append(f"{name},{case},{out.time[i]},{out.event[i]},{out.label[i]},{value:.6g}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def pick_km_model(names: Sequence[str], needs_omics: dict[str, bool]) -> str | None:
-    """The model whose risk the KM plot shows: ``student`` when reported, else the first slide-only
-    reported model, else the first one."""
-    if "student" in names:
-        return "student"
-    slide_only = [n for n in names if not needs_omics.get(n, False)]
-    return (slide_only or list(names) or [None])[0]
-
-
-def pooled_km(outputs: Sequence[Outputs], path: Path, title: str) -> float:
-    """Median split within each fold, groups pooled over folds, log-rank; writes the KM plot and
-    returns the p-value."""
-    time = np.concatenate([o.time for o in outputs])
-    event = np.concatenate([o.event for o in outputs])
-    centred = np.concatenate([o.risk - np.median(o.risk) for o in outputs])
-    result = km_logrank(time, event, centred, threshold=0.0)
-    plot_km(result, path, title=title)
-    return result.p_value
 
 
 def run_cv(
@@ -266,6 +210,9 @@ def run_cv(
                     n_epochs=train_config.epochs,
                     fold=fold,
                     n_folds=len(folds),
+                    stage_index=stage_no,
+                    n_stages=len(stage_list),
+                    fold_index=fold_no,
                 )
                 result = trainer.fit(
                     model,
@@ -302,7 +249,7 @@ def run_cv(
                 outputs[stage.name] = predict_bags(model, fd.test, device)
                 test[stage.name] = score(outputs[stage.name], task)
         if outputs:
-            _write_predictions(fold_dir / "predictions.csv", outputs, task)
+            write_predictions(fold_dir / "predictions.csv", outputs, task)
         if task == "survival":
             km_name = pick_km_model(list(outputs), {n: trained[n].needs_omics for n in outputs})
             if km_name is not None:

@@ -10,7 +10,6 @@ import torch
 
 from histokd_core.bag import Bag
 from histokd_core.methods.base import BagModel
-from histokd_core.survival.losses import discrete_risk
 from histokd_core.survival.metrics import c_index
 from histokd_core.train.metrics import classification_metrics
 
@@ -44,11 +43,9 @@ def predict_bags(
         for bag in bags:
             pred = model.predict(bag.to(device))
             if model.task == "classification":
-                probs.append(torch.softmax(pred.logits.detach().float(), -1).cpu().numpy())
-            elif pred.risk is not None:
-                risks.append(float(pred.risk))
+                probs.append(pred.class_probabilities())
             else:
-                risks.append(float(discrete_risk(pred.logits.detach().float())))
+                risks.append(pred.survival_risk())
     finally:
         model.train(was_training)
     return Outputs(

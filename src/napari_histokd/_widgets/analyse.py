@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from histokd_core.cancel import CancelToken
 from histokd_core.errors import Cancelled
-from histokd_core.explain.analyse import Analysis, analyse_slide
+from histokd_core.workflows import Analysis, analyse_slide
 from napari_histokd._layers import explanation_layers, prediction_text
 from napari_histokd._widgets._common import WorkerSignals, notify_error, slide_layers
 
@@ -44,16 +44,25 @@ def _path_row(edit: QLineEdit, pick, parent: QWidget) -> QWidget:
 
 
 def add_analysis_layers(
-    viewer: napari.Viewer, analysis: Analysis, world_mpp: float, units: tuple[str, str] | None = None
+    viewer: napari.Viewer,
+    analysis: Analysis,
+    world_mpp: float,
+    units: tuple[str, str] | None = None,
+    slide_mpp: float | None = None,
 ) -> dict[str, Any]:
-    """Add every overlay of ``analysis`` to ``viewer``; returns layers by their histokd kind."""
+    """Add every overlay of ``analysis`` to ``viewer``; returns layers by their histokd kind.
+
+    ``world_mpp`` is the slide layer's world units per level-0 pixel (its scale); ``slide_mpp``
+    the slide's microns per pixel, None when the slide does not record it (kept in each layer's
+    metadata for exports, which then give no physical areas)."""
     added: dict[str, Any] = {}
     prefix = analysis.slide_id
     for data, kwargs, kind in explanation_layers(analysis.explanation, world_mpp, prefix=prefix, units=units):
         name = kwargs["name"]
         if name in viewer.layers:
             viewer.layers.remove(name)
-        kwargs["metadata"].update(explanation=analysis.explanation, slide_path=analysis.slide_path)
+        kwargs["metadata"].update(explanation=analysis.explanation, slide_path=analysis.slide_path,
+                                  slide_mpp=slide_mpp)
         layer = getattr(viewer, f"add_{kind}")(data, **kwargs)
         key = kwargs["metadata"]["histokd_kind"]
         added[key if key != "clusters" else f"clusters:{kwargs['metadata']['clusters']}"] = layer
@@ -167,6 +176,7 @@ class AnalyseWidget(QWidget):
             notify_error(ValueError("open a slide first (File > Open)"), "Analyse")
             return None
         world_mpp = float(layer.scale[-1])
+        slide_mpp = layer.metadata.get("mpp")
         units = tuple(str(u) for u in layer.units[-2:])
         slide_path = layer.metadata.get("path")
         kwargs = dict(
@@ -180,11 +190,11 @@ class AnalyseWidget(QWidget):
         self._cancel.reset()
         worker = create_worker(
             analyse_slide, **kwargs,
-            progress=lambda f, m: self.signals.progress.emit(f, m),
+            progress=lambda event: self.signals.progress.emit(event.fraction, event.message),
             cancel=self._cancel,
             _start_thread=False,
             _connect={"errored": self._on_error, "finished": self._on_finished,
-                      "returned": lambda a: self._on_done(a, world_mpp, units)},
+                      "returned": lambda a: self._on_done(a, world_mpp, units, slide_mpp)},
         )
         self.worker = worker
         self.run_btn.setEnabled(False)
@@ -212,9 +222,10 @@ class AnalyseWidget(QWidget):
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
-    def _on_done(self, analysis: Analysis, world_mpp: float, units: tuple[str, str] | None = None):
+    def _on_done(self, analysis: Analysis, world_mpp: float, units: tuple[str, str] | None = None,
+                 slide_mpp: float | None = None):
         self.analysis = analysis
-        self.layers = add_analysis_layers(self.viewer, analysis, world_mpp, units)
+        self.layers = add_analysis_layers(self.viewer, analysis, world_mpp, units, slide_mpp)
         self.show_results()
         self.status.setText(f"{analysis.slide_id}: {len(analysis.explanation.coords)} patches")
 

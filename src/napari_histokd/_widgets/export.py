@@ -30,7 +30,7 @@ from histokd_core.export import (
     write_top_patches_csv,
 )
 from histokd_core.slide.geometry import qupath_to_world
-from napari_histokd._geojson import shapes_to_annotations
+from napari_histokd._geojson import shapes_to_annotations, slide_scale
 from napari_histokd._layers import layer_raster
 from napari_histokd._widgets._common import notify_error
 
@@ -147,7 +147,12 @@ class ExportWidget(QWidget):
         if target is None:
             return None
         data, attrs, _ = self.viewer.layers[name].as_layer_data_tuple()
-        anns = shapes_to_annotations(list(data), attrs)
+        meta = attrs.get("metadata") or {}
+        if meta.get("histokd_mpp"):
+            mpp, physical = float(meta["histokd_mpp"]), bool(meta.get("histokd_physical", True))
+        else:
+            mpp, physical = slide_scale(self.viewer) or (1.0, False)
+        anns = shapes_to_annotations(list(data), attrs, mpp, physical)
         path = write_geojson(target[0], anns, overwrite=target[1])
         self.status.setText(f"{len(anns)} annotations written to {path}")
         return path
@@ -163,7 +168,7 @@ class ExportWidget(QWidget):
         target = self._target(".geojson")
         if target is None:
             return None
-        mpp = self._slide_mpp(world_mpp)
+        mpp = layer.metadata.get("slide_mpp")  # the slide's microns per pixel; None: no areas
         label = layer.name.split(" ", 1)[-1]
         anns = regions_to_annotations(regions, mpp, classification=label)
         path = write_geojson(target[0], anns, overwrite=target[1])
@@ -173,16 +178,10 @@ class ExportWidget(QWidget):
             polys += [qupath_to_world(np.asarray(g.exterior.coords)[:-1], world_mpp) for g in geoms]
         self.viewer.add_shapes(polys, shape_type="polygon", name=f"{layer.name} regions", edge_color="cyan",
                                face_color="transparent", edge_width=2 * world_mpp * raster.cell / 64,
-                               metadata={"histokd_kind": "regions", "histokd_mpp": world_mpp})
+                               metadata={"histokd_kind": "regions", "histokd_mpp": world_mpp,
+                                         "histokd_physical": mpp is not None})
         self.status.setText(f"{len(regions)} regions written to {path}")
         return path
-
-    def _slide_mpp(self, world_mpp: float) -> float | None:
-        slides = [ly for ly in self.viewer.layers if ly.metadata.get("histokd_kind") == "slide"]
-        for ly in slides:
-            if ly.metadata.get("mpp"):
-                return float(ly.metadata["mpp"])
-        return None if world_mpp == 1.0 else world_mpp
 
     def export_top_patches(self):
         """Top-k patches of the chosen heatmap -> CSV (+ PNG crops when the slide file is known)."""

@@ -1,25 +1,24 @@
-"""Train dock: the options of ``histokd train`` as a form, run in a worker thread or a subprocess.
+"""Train dock: the options of ``histokd train`` as a form, running
+:func:`histokd_core.workflows.train_cohort` in a worker thread or a child process.
 
-Thread mode caps torch's CPU threads (cores - 1) and releases the GIL after every step so the
-viewer stays responsive (micro-sam's slowdown came from torch saturating every core from a
-QThread); subprocess mode runs ``python -m histokd_core.cli train`` in a child process and
-follows its log, for long runs. Cancel stops at the next step and keeps the last epoch's
-checkpoint (continue with "resume").
+Thread mode caps torch's CPU threads (cores - 1) and releases the GIL at every progress report so
+the viewer stays responsive (micro-sam's slowdown came from torch saturating every core from a
+QThread); subprocess mode runs the same workflow in a spawned process
+(:func:`histokd_core.workflows.run_in_process`), for long runs. Both report structured
+:class:`~histokd_core.progress.ProgressEvent` s (fraction done, stage, epoch, metrics). Cancel
+stops at the next step and keeps the last epoch's checkpoint (continue with "resume").
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import sys
-import threading
+import queue
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QProcess
+from qtpy.QtCore import QTimer
 from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -38,15 +37,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from histokd_core.errors import Cancelled
+from histokd_core.cancel import CancelToken
+from histokd_core.errors import Cancelled, HistoKDError
 from histokd_core.methods.registry import available_methods
-from histokd_core.train.callbacks import Callback, Progress
 from napari_histokd._widgets._common import WorkerSignals, notify_error
 
 if TYPE_CHECKING:
     import napari
-
-EPOCH_LINE = re.compile(r"(?:fold (?P<fold>\d+) )?(?P<stage>\S+) epoch (?P<epoch>\d+)/(?P<n>\d+) ?(?P<rest>.*)")
 
 
 @dataclass
@@ -72,23 +69,16 @@ class TrainOptions:
     threads: int = max(1, (os.cpu_count() or 2) - 1)
     resume: bool = False
 
-    def argv(self) -> list[str]:
-        """Command-line arguments of ``histokd train`` for these options."""
-        a = ["train", "--method", self.method, "--cohort", self.cohort, "--features", self.features,
-             "--out", self.out, "--folds", str(self.folds), "--epochs", str(self.epochs), "--lr", str(self.lr),
-             "--patience", str(self.patience), "--seed", str(self.seed), "--device", self.device,
-             "--threads", str(self.threads)]
-        for flag, value in (("--omics", self.omics), ("--gene-sets", self.gene_sets), ("--task", self.task),
-                            ("--label-column", self.label_column)):
-            if value:
-                a += [flag, value]
-        if self.batch_size:
-            a += ["--batch-size", str(self.batch_size)]
-        if self.only_folds:
-            a += ["--only-folds", ",".join(map(str, self.only_folds))]
-        if self.resume:
-            a.append("--resume")
-        return a
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`histokd_core.workflows.train_cohort` for these options."""
+        return {
+            "method": self.method, "cohort": self.cohort, "features": self.features, "out": self.out,
+            "omics": self.omics or None, "gene_sets": self.gene_sets or None, "task": self.task or None,
+            "label_column": self.label_column or None, "n_folds": self.folds,
+            "only_folds": list(self.only_folds) or None, "epochs": self.epochs,
+            "batch_size": self.batch_size or None, "lr": self.lr, "patience": self.patience,
+            "seed": self.seed, "device": self.device, "threads": self.threads, "resume": self.resume,
+        }
 
 
 class LinePlot(QWidget):
@@ -139,45 +129,16 @@ class LinePlot(QWidget):
         p.end()
 
 
-class SignalCallback(Callback):
-    """Forwards trainer events to Qt signals (queued to the GUI thread) and yields the GIL."""
+class SignalProgress:
+    """A progress function for the worker thread: forwards each event to the GUI thread as a
+    dict (queued signal) and yields the GIL."""
 
-    def __init__(self, signals: WorkerSignals, every_s: float = 0.1):
-        self.signals, self.every_s, self._last = signals, every_s, 0.0
+    def __init__(self, signals: WorkerSignals):
+        self.signals = signals
 
-    def on_step(self, progress: Progress, logs: dict[str, float]) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            self._last = now
-            self.signals.metrics.emit({"event": "step", "stage": progress.stage, "fold": progress.fold,
-                                       "epoch": progress.epoch, "n_epochs": progress.n_epochs,
-                                       "step": progress.step, "n_steps": progress.n_steps, **logs})
-        time.sleep(0)  # let the GUI thread take the GIL between steps
-
-    def on_epoch_end(self, progress: Progress, metrics: dict[str, float]) -> None:
-        self.signals.metrics.emit({"event": "epoch", "stage": progress.stage, "fold": progress.fold,
-                                   "epoch": progress.epoch, "n_epochs": progress.n_epochs, **metrics})
-
-
-def run_training(opts: TrainOptions, signals: WorkerSignals, cancel: threading.Event) -> dict:
-    """Build the cohort data and cross-validate, as ``histokd train`` does; returns metrics.json."""
-    import torch
-
-    from histokd_core.cohort import load_cohort
-    from histokd_core.dataset import CohortData
-    from histokd_core.methods.registry import check_task
-    from histokd_core.train import TrainConfig, run_cv
-
-    torch.set_num_threads(max(1, int(opts.threads)))
-    task = check_task(opts.method, opts.task or None)
-    cohort = load_cohort(opts.cohort, task=task, label_column=opts.label_column or None)
-    data = CohortData(cohort, opts.features, omics=opts.omics or None, gene_sets=opts.gene_sets or None,
-                      n_folds=opts.folds, seed=opts.seed)
-    config = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size or None, lr=opts.lr,
-                         patience=opts.patience, seed=opts.seed, device=opts.device, num_threads=opts.threads)
-    result = run_cv(opts.method, None, data, opts.out, config, folds=opts.only_folds or None,
-                    callbacks=[SignalCallback(signals)], cancel=cancel, resume=opts.resume)
-    return result.metrics
+    def __call__(self, event) -> None:
+        self.signals.metrics.emit(event.as_dict())
+        time.sleep(0)  # let the GUI thread take the GIL
 
 
 class TrainWidget(QWidget):
@@ -187,13 +148,13 @@ class TrainWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.worker = None
-        self.process: QProcess | None = None
+        self.process = None  # multiprocessing.Process in subprocess mode
         self.metrics: dict | None = None
         self.history: list[dict] = []
-        self._cancel = threading.Event()
+        self._cancel = CancelToken()
         self._stages: list[str] = []
         self.signals = WorkerSignals()
-        self.signals.metrics.connect(self._on_metrics)
+        self.signals.metrics.connect(self._on_event)
 
         self.paths = {k: QLineEdit(self) for k in ("cohort", "features", "omics", "gene_sets", "out")}
         self.method = QComboBox(self)
@@ -281,7 +242,7 @@ class TrainWidget(QWidget):
 
     # -- run ----------------------------------------------------------------------------------
     def start(self):
-        """Start training (a thread worker, or a QProcess in subprocess mode); returns it."""
+        """Start training (a thread worker, or a child process in subprocess mode); returns it."""
         opts = self.options()
         missing = [k for k in ("cohort", "features", "out") if not getattr(opts, k)]
         if missing:
@@ -289,8 +250,8 @@ class TrainWidget(QWidget):
             return None
         self.history.clear()
         self._stages.clear()
-        self._n_folds = len(opts.only_folds) or opts.folds
-        self._cancel.clear()
+        self.bar.setValue(0)
+        self._cancel.reset()
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.status.setText("starting")
@@ -298,74 +259,79 @@ class TrainWidget(QWidget):
             return self._start_process(opts)
         from napari.qt.threading import create_worker
 
+        from histokd_core.workflows import train_cohort
+
         self.worker = create_worker(
-            run_training, opts, self.signals, self._cancel, _start_thread=False,
-            _connect={"returned": lambda m: self._on_done(m, opts.out), "errored": self._on_error,
+            train_cohort, **opts.kwargs(), progress=SignalProgress(self.signals), cancel=self._cancel,
+            _start_thread=False,
+            _connect={"returned": lambda r: self._on_done(r.metrics, opts.out), "errored": self._on_error,
                       "finished": self._on_finished},
         )
         self.worker.start()
         return self.worker
 
-    def _start_process(self, opts: TrainOptions) -> QProcess:
-        proc = QProcess(self)
-        proc.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
-        proc.readyReadStandardOutput.connect(self._read_process)
-        proc.finished.connect(lambda code, _status: self._process_done(code, opts.out))
-        self.process = proc
-        self._proc_tail = ""
-        proc.start(sys.executable, ["-m", "histokd_core.cli", *opts.argv()])
-        return proc
+    def _start_process(self, opts: TrainOptions):
+        import multiprocessing
 
-    def _read_process(self):
-        text = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
-        self._proc_tail = (self._proc_tail + text)[-4000:]
-        for line in text.splitlines():
-            m = EPOCH_LINE.search(line)
-            if not m:
+        from histokd_core.workflows import run_in_process, train_cohort
+
+        ctx = multiprocessing.get_context("spawn")
+        self._queue, self._process_cancel = ctx.Queue(), ctx.Event()
+        self.process = ctx.Process(target=run_in_process, daemon=True,
+                                   args=(self._queue, self._process_cancel, train_cohort, opts.kwargs()))
+        self.process.start()
+        self._poll = QTimer(self)
+        self._poll.timeout.connect(lambda: self._drain_process(opts.out))
+        self._poll.start(100)
+        return self.process
+
+    def _drain_process(self, out: str):
+        """Handle the child's messages (progress events, then its outcome)."""
+        while True:
+            try:
+                kind, payload = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "progress":
+                self._on_event(payload)
                 continue
-            metrics = {}
-            for item in m.group("rest").split():
-                k, _, v = item.partition("=")
-                try:
-                    metrics[k] = float(v)
-                except ValueError:
-                    pass
-            self._on_metrics({"event": "epoch", "stage": m.group("stage"),
-                              "fold": int(m.group("fold")) if m.group("fold") else None,
-                              "epoch": int(m.group("epoch")), "n_epochs": int(m.group("n")), **metrics})
+            self._stop_polling()
+            if kind == "done":
+                self._on_done(payload, out)
+            elif kind == "cancelled":
+                self._on_error(Cancelled(payload))
+            else:
+                error = (HistoKDError if payload["histokd"] else RuntimeError)(payload["message"])
+                self.status.setText(notify_error(error, "Train"))
+            return
+        if not self.process.is_alive():
+            self._stop_polling()
+            self.status.setText(notify_error(RuntimeError(f"training process exited with code "
+                                                          f"{self.process.exitcode}"), "Train"))
 
-    def _process_done(self, code: int, out: str):
+    def _stop_polling(self):
+        self._poll.stop()
+        self.process.join(timeout=5)
         self._on_finished()
-        if self._cancel.is_set():
-            self.status.setText("cancelled; the last epoch checkpoint is kept (tick 'resume' to continue)")
-        elif code == 0:
-            self._on_done(json.loads((Path(out) / "metrics.json").read_text()), out)
-        else:
-            last = self._proc_tail.strip().splitlines()[-1:] or [f"exit code {code}"]
-            notify_error(RuntimeError(last[0]), "Train")
-            self.status.setText(f"failed: {last[0]}")
 
     def cancel(self):
-        """Stop at the next step (thread) or terminate the child (subprocess); checkpoints stay."""
-        self._cancel.set()
-        if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
-            self.process.terminate()
+        """Stop at the next step (thread or child process); the last epoch's state is kept."""
+        self._cancel.cancel()
+        if self.process is not None and self.process.is_alive():
+            self._process_cancel.set()
         self.status.setText("cancelling...")
 
     # -- feedback -----------------------------------------------------------------------------
-    def _on_metrics(self, m: dict):
-        if m["stage"] not in self._stages:
-            self._stages.append(m["stage"])
-        n_stages = max(len(self._stages), 1)
-        fold_no = 0 if m.get("fold") is None else m["fold"]
-        within = (m["epoch"] - 1 + (m.get("step", 0) / max(m.get("n_steps", 0), 1) if m["event"] == "step" else 1))
-        frac_fold = (self._stages.index(m["stage"]) + within / max(m["n_epochs"], 1)) / n_stages
-        frac = (min(fold_no, self._n_folds - 1) + frac_fold) / self._n_folds
-        self.bar.setValue(int(max(self.bar.value() / 1000, min(frac, 1.0)) * 1000))
-        where = f"fold {m['fold']} " if m.get("fold") is not None else ""
-        self.status.setText(f"{where}{m['stage']} epoch {m['epoch']}/{m['n_epochs']}")
-        if m["event"] == "epoch":
-            self.history.append(m)
+    def _on_event(self, event: dict):
+        """One :class:`~histokd_core.progress.ProgressEvent` (as a dict) from the run."""
+        self.bar.setValue(max(self.bar.value(), int(min(event["fraction"], 1.0) * 1000)))
+        self.status.setText(event["message"])
+        stage = event.get("stage")
+        if stage is not None and stage not in self._stages:
+            self._stages.append(stage)
+        if event["kind"] == "epoch":
+            self.history.append({"stage": stage, "fold": event["fold"], "epoch": event["epoch"],
+                                 **event["metrics"]})
             self._plot()
 
     def _plot(self):
@@ -391,13 +357,12 @@ class TrainWidget(QWidget):
         self.cancel_btn.setEnabled(False)
 
     def _on_done(self, metrics: dict, out: str):
+        from histokd_core.train.results import summary_rows
+
         self.metrics = metrics
         self.bar.setValue(1000)
         self.status.setText(f"done: {out}")
-        rows = [(model, key[:-5], f"{mean:.3f}" if mean is not None else "nan",
-                 f"{vals.get(key[:-5] + '_std', float('nan')) or 0:.3f}")
-                for model, vals in metrics.get("summary", {}).items()
-                for key, mean in vals.items() if key.endswith("_mean")]
+        rows = summary_rows(metrics)
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, text in enumerate(row):

@@ -1,6 +1,6 @@
-"""One slide through a trained checkpoint: features (stored or extracted now) -> Explanation.
+"""Analyse a slide: features (stored or extracted now) through a trained checkpoint -> Explanation.
 
-This is what the napari Analyse widget runs in its worker thread; it never imports Qt.
+This is what the napari Analyse dock runs in its worker thread; it never imports Qt.
 """
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from histokd_core.cancel import CancelToken
 from histokd_core.errors import DataError
-from histokd_core.methods.base import Explanation
+from histokd_core.progress import ProgressEvent, ProgressFn
+
+if TYPE_CHECKING:
+    from histokd_core.methods.base import Explanation
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[float, str], None]
 
 @dataclass
 class Analysis:
@@ -46,23 +47,6 @@ class Analysis:
         return str(self.meta.get("method", ""))
 
 
-def risk_group_from_run(checkpoint: Path, stage: str, risk: float) -> str | None:
-    """"high"/"low" against the median risk of the fold's test cases (``predictions.csv`` beside
-    the checkpoint, the split of the run's KM plot); None when the run left no predictions."""
-    path = Path(checkpoint).parent / "predictions.csv"
-    if not path.is_file():
-        return None
-    import pandas as pd
-
-    table = pd.read_csv(path)
-    if "risk" not in table.columns:
-        return None
-    risks = table.loc[table["model"] == stage, "risk"].to_numpy(dtype=float)
-    if risks.size == 0:
-        return None
-    return "high" if risk > float(np.median(risks)) else "low"
-
-
 def analyse_slide(
     checkpoint: str | os.PathLike,
     features: str | os.PathLike | None = None,
@@ -83,31 +67,31 @@ def analyse_slide(
     slide_path : the slide file, needed to extract features now.
     extract_to : store root for features extracted now (with the checkpoint's encoder).
     device : "auto" (CUDA when present), "cpu", "cuda".
-    progress : ``progress(fraction 0..1, message)``.
+    progress : receives ``"message"`` :class:`~histokd_core.progress.ProgressEvent` s
+        (``fraction`` 0..1 and a status line).
     cancel : checked between steps (and during extraction); a cancelled token raises
         :class:`~histokd_core.errors.Cancelled`.
     """
-    from histokd_core.dataset import slide_bag
     from histokd_core.devices import resolve_device
     from histokd_core.features.slide_features import slide_id_of
-    from histokd_core.train import load_model
+    from histokd_core.workflows.inference import (
+        explain_bag,
+        load_slide_model,
+        read_slide_bag,
+        risk_group_from_run,
+    )
 
     token = CancelToken.of(cancel)
 
     def step(frac: float, msg: str) -> None:
         token.check(f"analysis ({msg})")
         if progress is not None:
-            progress(frac, msg)
+            progress(ProgressEvent("message", frac, msg))
 
     checkpoint = Path(checkpoint)
     step(0.0, f"loading {checkpoint.name}")
     dev = resolve_device(device)
-    model, meta = load_model(checkpoint, dev)
-    if model.needs_omics:
-        raise DataError(
-            f"{checkpoint}: stage {meta.get('stage')!r} needs omics at inference; choose a student "
-            "or slide-only checkpoint"
-        )
+    model, meta = load_slide_model(checkpoint, dev)
     if features is None or str(features) == "":
         if slide_path is None or extract_to is None:
             raise DataError("features: choose a feature store, or a slide and a folder to extract into")
@@ -135,27 +119,9 @@ def analyse_slide(
         features = Path(extract_to)
     features = Path(features)
     step(0.75, "reading features")
-    bag, sf = slide_bag(features, slide_id, bool(meta.get("data_info", {}).get("has_10x")))
-    expected = int(meta["data_info"]["feat_dim"])
-    if bag.feats.shape[1] != expected:
-        raise DataError(
-            f"{features}: features have d = {bag.feats.shape[1]}, the model was trained on d = {expected} "
-            f"({meta.get('encoder_id') or 'unknown encoder'})"
-        )
+    bag, _ = read_slide_bag(features, slide_id, meta)
     step(0.8, f"explaining {bag.feats.shape[0]} patches")
-    import torch
-
-    with torch.no_grad():
-        expl = model.explain(bag.to(dev))
-    if expl.risk is None and model.task == "survival":
-        from histokd_core.survival.losses import discrete_risk
-
-        with torch.no_grad():
-            pred = model.predict(bag.to(dev))
-        if pred.risk is not None:
-            expl.risk = float(pred.risk)
-        elif pred.logits is not None:
-            expl.risk = float(discrete_risk(pred.logits.float()))
+    expl = explain_bag(model, bag, dev)
     if expl.risk_group is None:
         if expl.risk is not None:
             expl.risk_group = risk_group_from_run(checkpoint, str(meta.get("stage")), expl.risk)
