@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
 from histokd_core.bag import Bag, DataInfo
@@ -164,15 +163,14 @@ def test_gradient_decoupling(mode):
     assert bool(mem) == (mode == "gradient")
 
 
-def test_predict_and_explain_use_slide_features_only():
+def test_memory_guided_attention_and_memory_maps():
+    """Omics-free inference, shapes and the checkpoint round trip are checked for every model in
+    tests/test_model_contract.py; here: MoMKD's attention formula and memory explanations."""
     model = make().eval()
     bag = planted_bags(2, 0)[1]
     no_omics = dataclasses.replace(bag, omics=None)
-    nan_omics = dataclasses.replace(bag, omics=torch.full((GENES,), float("nan")))
     with torch.no_grad():
         pred = model.predict(no_omics)
-        torch.testing.assert_close(model.predict(nan_omics).logits, pred.logits)
-    assert pred.logits.shape == (2,) and pred.attention.shape == (40,)
     # memory-guided attention: softmax of (max cos to C+ - max cos to C-) / tau
     with torch.no_grad():
         _, z = model.wsi.encode(bag)
@@ -249,20 +247,6 @@ def test_prepare_initialises_memory_from_patch_projections():
     assert model.training  # restored
     with pytest.raises(DataError, match="label 1"):
         make().prepare([b for b in bags if b.label == 0])
-
-
-def test_checkpoint_roundtrip_with_safetensors(tmp_path):
-    model = make()
-    model.prepare(planted_bags(4, 0))
-    path = tmp_path / "momkd.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    fresh = make()
-    fresh.load_state_dict(load_file(str(path)))
-    torch.testing.assert_close(fresh.memory.components, model.memory.components)
-    bag = planted_bags(1, 3)[0]
-    with torch.no_grad():
-        expected = model.eval().predict(bag).logits
-        torch.testing.assert_close(fresh.eval().predict(bag).logits, expected)
 
 
 @pytest.mark.parametrize("mode", ["ema", "gradient"])
