@@ -150,6 +150,23 @@ def test_predict_writes_patch_attention(run_dir, cohort_dir, tmp_path, capsys):
     assert "needs omics" in capsys.readouterr().err
 
 
+def test_predict_all_slides_of_a_store(run_dir, cohort_dir, tmp_path, capsys):
+    from histokd_core.features import available_slide_ids
+
+    out = tmp_path / "preds"
+    args = ["predict", "--checkpoint", str(run_dir / "fold_0" / "abmil.safetensors"),
+            "--features", str(cohort_dir / "features"), "--all-slides", "--out", str(out)]
+    assert main(args) == 0
+    ids = available_slide_ids(cohort_dir / "features")
+    assert capsys.readouterr().out.count("risk=") == len(ids)
+    table = pd.read_csv(out / "predictions.csv")
+    assert sorted(table["slide_id"]) == sorted(ids) and np.isfinite(table["risk"]).all()
+    one = json.loads((out / f"{ids[0]}.json").read_text())
+    assert one["risk"] == pytest.approx(float(table.set_index("slide_id").loc[ids[0], "risk"]))
+    assert main(args) == 2  # nothing replaced without --overwrite
+    assert main([*args, "--slide-id", ids[0]]) == 2
+
+
 def test_evaluate_external_cohort(run_dir, cohort_dir, tmp_path, capsys):
     external = tmp_path / "external.csv"
     pd.read_csv(cohort_dir / "cohort.csv").head(14).to_csv(external, index=False)

@@ -10,14 +10,15 @@ Each workflow takes plain arguments (paths, names, numbers), reports through one
 - :func:`analyse_slide`: one slide through a checkpoint, features stored or extracted now
   (Analyse dock, ``histokd demo``'s overlays);
 - :func:`predict_slide`: one slide's prediction and per-patch maps as CSV + JSON
-  (``histokd predict``);
+  (``histokd predict --slide-id``), :func:`predict_cohort`: every slide of a feature store
+  (``histokd predict --all-slides``);
 - :func:`run_in_process`: run any of them in a child process that reports through a queue
   (the Train dock's subprocess mode).
 """
 
 from histokd_core.workflows.analyse import Analysis, analyse_slide
 from histokd_core.workflows.evaluate import evaluate_run
-from histokd_core.workflows.predict import SlidePrediction, predict_slide
+from histokd_core.workflows.predict import SlidePrediction, predict_cohort, predict_slide
 from histokd_core.workflows.process import run_in_process
 from histokd_core.workflows.train import train_cohort
 
@@ -26,6 +27,7 @@ __all__ = [
     "SlidePrediction",
     "analyse_slide",
     "evaluate_run",
+    "predict_cohort",
     "predict_slide",
     "run_in_process",
     "train_cohort",
