@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -82,13 +81,14 @@ def test_bag_graph_has_no_edges_across_slides():
     assert [{int(second[j]) for j in s} for s in local] == neighbour_sets(edges, 40)[25:]
 
 
-def test_knn_graph_50k_patches_builds_in_seconds():
+def test_knn_graph_50k_patches_has_k_edges_per_patch():
+    """Shape and degree at slide scale; its speed is measured in bench/bench_momkd.py."""
     rng = np.random.default_rng(2)
     coords = rng.integers(0, 300, size=(50_000, 2)) * 256 + rng.integers(0, 3, size=(50_000, 2))
-    start = time.perf_counter()
     edges = knn_graph(coords, 8)
-    assert time.perf_counter() - start < 10.0
     assert edges.shape == (2, 400_000)
+    assert np.array_equal(np.bincount(np.asarray(edges[0]), minlength=50_000), np.full(50_000, 8))
+    assert bool((edges[0] != edges[1]).all())
 
 
 def test_gatv2_encoder_matches_its_definition():

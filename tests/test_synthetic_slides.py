@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 
 import numpy as np
@@ -130,9 +129,3 @@ def test_memory_stays_bounded_while_writing(tmp_path):
     large = _peak_write_bytes(tmp_path / "l.tif", (512, 16384))
     assert large < 1.15 * small + 2**20, (small, large)
     assert large < 20 * 2**20
-
-
-def test_4096_slide_writes_quickly(tmp_path):
-    t0 = time.perf_counter()
-    write_synthetic_slide(tmp_path / "f.tif", (4096, 4096), seed=0)
-    assert time.perf_counter() - t0 < 10  # ~2 s alone; generous for a shared 2-core machine
