@@ -1,8 +1,8 @@
-"""Pyramid levels as dask arrays: native levels from tiffslide's zarr store, plus lazy extra levels.
+"""Pyramid levels as dask arrays: native levels from any backend, plus lazy extra levels.
 
-Native levels are ``da.from_zarr(zarr_group[str(level)])`` (stable across tiffslide 3.x and 4.x)
-with chunks made of whole TIFF tiles (about 1024 px), so only the chunks under a view are
-decoded. Strip-organised files (e.g. NDPI, plain TIFFs) get chunks of whole strips. When the file's
+Native levels are ``da.from_zarr(zarr_group[str(level)])`` for tiffslide (stable across 3.x and
+4.x) or ``da.from_array`` over a backend's tile reader (OpenSlide, wsidicom), with chunks made of
+whole tiles (about 1024 px), so only the chunks under a view are decoded. Strip-organised files (e.g. NDPI, plain TIFFs) get chunks of whole strips. When the file's
 coarsest level is still large (single-level SVS, huge non-pyramidal TIFFs), halved levels are
 added lazily: each is a 2x2 box mean of the level above, computed chunk by chunk on demand, so
 napari can draw an overview without ever holding a whole level 0 in memory.
@@ -30,7 +30,10 @@ def _axis_chunk(native: int, size: int, target: int = TARGET_CHUNK) -> int:
 
 
 def as_rgb_level(array) -> da.Array:
-    """A dask ``(h, w, 3)`` uint8 view of one zarr level (``YXS``, ``CYX`` or ``YX`` axes).
+    """A dask ``(h, w, 3)`` uint8 view of one native level (``YXS``, ``CYX`` or ``YX`` axes).
+
+    ``array`` is a zarr array (tiffslide) or a :class:`~histokd_core.slide.backends.RegionArray`
+    (OpenSlide, wsidicom); its ``chunks`` are the file's tiles.
 
     Each dask chunk is a block of whole TIFF tiles (or strips) of about ``TARGET_CHUNK`` px
     (e.g. 4 x 4 tiles of 256 px), read with one zarr call that decodes its tiles concurrently.
@@ -47,7 +50,10 @@ def as_rgb_level(array) -> da.Array:
     chunks = list(shape)
     for axis in yx_axes:
         chunks[axis] = _axis_chunk(native[axis], shape[axis])
-    level = da.from_zarr(array, chunks=tuple(chunks), inline_array=True)
+    if hasattr(array, "store"):  # a zarr array (tiffslide)
+        level = da.from_zarr(array, chunks=tuple(chunks), inline_array=True)
+    else:  # a backends.RegionArray (OpenSlide, wsidicom): one read call per chunk
+        level = da.from_array(array, chunks=tuple(chunks), inline_array=True, lock=False)
     if level.ndim == 2:  # grey: replicate into RGB
         level = da.stack([level] * 3, axis=-1)
     elif yx_axes == (1, 2):

@@ -1,8 +1,9 @@
-"""Open whole-slide images with tiffslide and expose them as lazy dask pyramids.
+"""Open whole-slide images through a backend and expose them as lazy dask pyramids.
 
-``open_slide`` turns every failure (missing, empty, truncated, corrupt or non-TIFF file) into a
-:class:`~histokd_core.errors.SlideError` naming the file. A slide without microns-per-pixel still
-opens for viewing (pixel units, :class:`MissingMppWarning`, ``metadata()["mpp_missing"]``);
+``open_slide`` picks a backend per file (:mod:`histokd_core.slide.backends`: tiffslide, OpenSlide
+or wsidicom) and turns every failure (missing, empty, truncated, corrupt or unreadable file) into
+a :class:`~histokd_core.errors.SlideError` naming the file. A slide without microns-per-pixel
+still opens for viewing (pixel units, :class:`MissingMppWarning`, ``metadata()["mpp_missing"]``);
 operations that need physical units call :meth:`Slide.require_mpp`.
 """
 
@@ -17,7 +18,8 @@ import dask.array as da
 import numpy as np
 
 from histokd_core.errors import MissingMppError, SlideError
-from histokd_core.slide import pyramid
+from histokd_core.slide import backends, pyramid
+from histokd_core.slide.backends import SlideSource, positive_float
 
 
 _MAGIC = {
@@ -45,7 +47,7 @@ def looks_like_tiff(path: str | os.PathLike) -> bool:
 
 
 def _sniff(path: Path) -> None:
-    """Raise SlideError unless ``path`` is a non-empty file starting with a TIFF header."""
+    """Raise SlideError unless ``path`` is a non-empty file starting with a TIFF header (tiffslide)."""
     if not path.exists():
         raise SlideError(f"{path}: no such file")
     if not path.is_file():
@@ -70,40 +72,34 @@ def _sniff(path: Path) -> None:
     )
 
 
-def _float_or_none(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) and v > 0 else None
-
-
 class Slide:
     """A whole-slide image with lazy dask levels. Create it with :func:`open_slide`.
 
     Attributes
     ----------
-    path : the file.
+    path : the file (or, for DICOM WSI, the folder of instances).
+    backend : the library that reads it: ``"tiffslide"``, ``"openslide"`` or ``"wsidicom"``.
     levels : ``(h, w, 3)`` uint8 dask arrays, finest first. The first ``native_level_count``
-        are the file's own levels (chunks = TIFF tiles); the rest are lazy 2x box-mean overviews.
+        are the file's own levels (chunks = blocks of whole tiles); the rest are lazy 2x
+        box-mean overviews.
     level_dimensions : ``(width, height)`` px of each entry of ``levels``.
     level_downsamples : level-0 px per level px of each entry of ``levels``.
     mpp : microns per level-0 pixel, or ``None`` when unknown.
     magnification : objective power; from the metadata, else estimated as ``10 / mpp``.
+    associated_images : names of the label/macro/thumbnail images the file holds.
     """
 
-    def __init__(self, path: Path, tiffslide_obj, mpp: float | None = None) -> None:
+    def __init__(self, path: Path, source: SlideSource, mpp: float | None = None) -> None:
         self.path = path
-        self._ts = tiffslide_obj
-        props = dict(tiffslide_obj.properties)
-        self.properties: dict[str, Any] = props
-        self.vendor: str | None = props.get("tiffslide.vendor")
-        group = tiffslide_obj.zarr_group
-        self.native_level_count: int = int(tiffslide_obj.level_count)
-        arrays = [group[str(i)] for i in range(self.native_level_count)]
+        self._source = source
+        self.backend: str = source.backend
+        self.properties: dict[str, Any] = source.properties
+        self.vendor: str | None = source.vendor
+        arrays = source.arrays
+        self.native_level_count: int = len(arrays)
         native = [pyramid.as_rgb_level(a) for a in arrays]
-        # RGB levels stored as (h, w, 3) are read directly (one zarr call decodes all tiles
-        # concurrently); other layouts and lazy overview levels go through dask
+        # RGB levels stored as (h, w, 3) are read directly (one call decodes all the tiles of a
+        # region, concurrently for zarr); other layouts and lazy overview levels go through dask
         self._direct = {i: a for i, a in enumerate(arrays) if a.ndim == 3 and a.shape[-1] == 3}
         for i, level in enumerate(native):
             if level.dtype != np.uint8:
@@ -121,10 +117,9 @@ class Slide:
         ]
         self.tile_size: tuple[int, int] = (int(native[0].chunksize[1]), int(native[0].chunksize[0]))
 
-        file_mpp = _float_or_none(props.get("tiffslide.mpp-x"))
-        file_mpp_y = _float_or_none(props.get("tiffslide.mpp-y"))
+        file_mpp, file_mpp_y = source.mpp_x, source.mpp_y
         if mpp is not None:
-            if _float_or_none(mpp) is None:
+            if positive_float(mpp) is None:
                 raise SlideError(
                     f"{path}: mpp must be a positive number of microns per pixel, got {mpp!r}"
                 )
@@ -141,11 +136,38 @@ class Slide:
             warnings.warn(message, MissingMppWarning, stacklevel=3)
         self.mpp_y: float | None = float(mpp) if mpp is not None else (file_mpp_y or file_mpp)
 
-        objective = _float_or_none(props.get("tiffslide.objective-power"))
+        objective = source.objective_power
         self.magnification_estimated = objective is None and self.mpp is not None
         self.magnification: float | None = objective if objective is not None else (
             round(10.0 / self.mpp, 2) if self.mpp is not None else None
         )
+
+    @property
+    def associated_images(self) -> list[str]:
+        """Names of the associated images (``"label"``, ``"macro"``, ``"thumbnail"``) present."""
+        return sorted(self._source.associated)
+
+    def associated_image(self, name: str) -> np.ndarray:
+        """The associated image ``name`` as ``(h, w, 3)`` uint8.
+
+        The label often carries patient identifiers: callers showing it to people must respect
+        the user's de-identification setting (the napari plugin never shows it when it is on).
+        """
+        reader = self._source.associated.get(name)
+        if reader is None:
+            have = ", ".join(self.associated_images) or "none"
+            raise SlideError(
+                f"{self.path}: no associated image {name!r} in this slide (it has: {have})"
+            )
+        try:
+            return reader()
+        except SlideError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codec errors of any backend; name the file
+            raise SlideError(
+                f"{self.path}: the associated image {name!r} cannot be decoded "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     # -- openslide-like API -------------------------------------------------------------
     @property
@@ -226,7 +248,9 @@ class Slide:
         """JSON-serialisable description (used as napari ``layer.metadata``)."""
         return {
             "path": str(self.path),
+            "backend": self.backend,
             "vendor": self.vendor,
+            "associated_images": self.associated_images,
             "dimensions": list(self.dimensions),
             "mpp": self.mpp,
             "mpp_y": self.mpp_y,
@@ -246,7 +270,7 @@ class Slide:
         }
 
     def close(self) -> None:
-        self._ts.close()
+        self._source.close()
 
     def __enter__(self) -> Slide:
         return self
@@ -257,26 +281,8 @@ class Slide:
     def __repr__(self) -> str:
         return (
             f"Slide({self.path.name!r}, dimensions={self.dimensions}, levels={self.level_count} "
-            f"({self.native_level_count} native), mpp={self.mpp})"
+            f"({self.native_level_count} native), mpp={self.mpp}, backend={self.backend!r})"
         )
-
-
-def _check_tile_offsets(path: Path, tiff) -> None:
-    """Raise SlideError when a level's tile data lies beyond the end of the file (truncation)."""
-    size = path.stat().st_size
-    for series in tiff.series[:1]:
-        for level_index, level in enumerate(series.levels):
-            for page in level.pages:
-                offsets = getattr(page, "dataoffsets", None)
-                counts = getattr(page, "databytecounts", None)
-                if not offsets or not counts:
-                    continue
-                end = max(int(o) + int(c) for o, c in zip(offsets, counts) if c)
-                if end > size:
-                    raise SlideError(
-                        f"{path}: the file is truncated ({size} bytes, but level {level_index} "
-                        f"needs data up to byte {end}); re-copy or re-download it"
-                    )
 
 
 def _probe(slide: Slide) -> None:
@@ -290,41 +296,55 @@ def _probe(slide: Slide) -> None:
         level[-1:, -1:].compute()
 
 
-def open_slide(path: str | os.PathLike, mpp: float | None = None) -> Slide:
-    """Open a whole-slide image (anything tiffslide reads: SVS, pyramidal TIFF, NDPI, SCN...).
+def _check_path(path: Path, backend: str) -> None:
+    """Raise SlideError for a missing path, or one of the wrong kind for ``backend``."""
+    if backend == "tiffslide":
+        _sniff(path)
+    elif not path.exists():
+        raise SlideError(f"{path}: no such file or folder")
+    elif backend == "openslide" and not path.is_file():
+        raise SlideError(f"{path}: not a file (OpenSlide reads a slide file such as .mrxs)")
+
+
+def open_slide(
+    path: str | os.PathLike, mpp: float | None = None, backend: str = "auto"
+) -> Slide:
+    """Open a whole-slide image: any format tiffslide, OpenSlide or wsidicom reads.
 
     Parameters
     ----------
-    path : slide file.
+    path : slide file (SVS, TIFF, NDPI, SCN, MRXS, VMS, ...), or a DICOM WSI folder or one of
+        its ``.dcm`` files.
     mpp : microns per level-0 pixel; overrides (or supplies missing) metadata.
+    backend : ``"auto"`` (see :func:`~histokd_core.slide.backends.choose_backend`) or one of
+        ``"tiffslide"``, ``"openslide"``, ``"wsidicom"`` to force it.
 
     Raises
     ------
     SlideError
         The file is missing, empty, truncated, corrupt or not a slide (the message names it).
     """
-    from tiffslide import TiffSlide
-
     path = Path(path)
-    _sniff(path)
-    ts = None
+    name = backends.choose_backend(path, backend)
+    _check_path(path, name)
+    source = None
     try:
-        ts = TiffSlide(path)
-        _check_tile_offsets(path, ts.ts_tifffile)
-        slide = Slide(path, ts, mpp=mpp)
+        source = backends.OPENERS[name](path)
+        slide = Slide(path, source, mpp=mpp)
         _probe(slide)
     except SlideError:
-        if ts is not None:
-            ts.close()
+        if source is not None:
+            source.close()
         raise
-    except Exception as exc:  # tifffile/tiffslide/imagecodecs raise many types; name the file
-        if ts is not None:
+    except Exception as exc:  # tifffile/openslide/wsidicom/codecs raise many types; name the file
+        if source is not None:
             try:
-                ts.close()
+                source.close()
             except Exception:  # noqa: BLE001 - the original error matters, not this one
                 pass
         raise SlideError(
-            f"{path}: cannot be read as a whole-slide image ({type(exc).__name__}: {exc}); "
-            "the file may be corrupt, truncated or in an unsupported format"
+            f"{path}: cannot be read as a whole-slide image by {name} "
+            f"({type(exc).__name__}: {exc}); the file may be corrupt, truncated or in an "
+            "unsupported format"
         ) from exc
     return slide
