@@ -36,3 +36,51 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gui" in item.keywords:
             item.add_marker(skip)
+
+
+CMU_SVS = "slides/CMU-1-Small-Region.svs"
+
+
+def planted_label() -> "np.ndarray":
+    """A slide label with a dark bar standing in for a patient name (it must never be shown)."""
+    import numpy as np
+
+    label = np.full((120, 300, 3), 235, np.uint8)
+    label[40:80, 20:280] = (20, 20, 160)
+    return label
+
+
+@pytest.fixture(scope="session")
+def cmu_level0(shared_data):
+    """Level 0 of the real CMU-1-Small-Region.svs, ``(2967, 2220, 3)`` uint8 (via tifffile)."""
+    import tifffile
+
+    with tifffile.TiffFile(shared_data / CMU_SVS) as tf:
+        return tf.series[0].levels[0].asarray()
+
+
+@pytest.fixture(scope="session")
+def mirax_cmu(tmp_path_factory, cmu_level0):
+    """A lossless (PNG) 3-level MIRAX slide of the real CMU pixels, cropped to whole camera
+    images (2048 x 2816 px, 0.499 um/px), with a planted label and a macro image."""
+    from histokd_core.synthetic.mirax import write_mirax
+
+    folder = tmp_path_factory.mktemp("mirax")
+    image = cmu_level0[:2816, :2048]
+    return write_mirax(
+        folder / "CMU-1.mrxs", image, mpp=0.499, image_format="PNG",
+        label=planted_label(), macro=image[::8, ::8],
+    )
+
+
+@pytest.fixture(scope="session")
+def dicom_cmu(tmp_path_factory, shared_data):
+    """The real CMU SVS converted to a DICOM WSI folder by wsidicomizer (4 instances).
+
+    wsidicomizer needs Debian's libturbojpeg0 (installed by .ci/run); without it this fails.
+    """
+    from wsidicomizer import WsiDicomizer
+
+    folder = tmp_path_factory.mktemp("dicom") / "CMU-1"
+    WsiDicomizer.convert(shared_data / CMU_SVS, folder)
+    return folder
