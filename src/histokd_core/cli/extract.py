@@ -38,17 +38,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--loader-workers", type=int, default=2, help="tile-reading processes per slide (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, mps")
     p.add_argument("--overwrite", action="store_true", help="replace features made with another encoder")
+    p.add_argument(
+        "--stain", choices=("none", "macenko", "reinhard"), default="none",
+        help="stain-normalise patches to one reference fitted once on this cohort (default none)",
+    )
+    p.add_argument(
+        "--stain-reference", type=Path, default=None,
+        help="stain_reference.json to normalise to (e.g. the training cohort's, for an external cohort)",
+    )
     return p
 
 
 def expand_slides(items: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the slide files they contain (sorted)."""
+    """Files as given; a DICOM WSI folder as one slide; other folders replaced by the slide files
+    and DICOM WSI sub-folders they contain (sorted)."""
     from histokd_core.features.slide_features import SLIDE_EXTENSIONS
+    from histokd_core.slide.backends import dicom_files
 
     out: list[Path] = []
     for item in items:
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS)
+        if item.is_dir() and dicom_files(item):
+            out.append(item)
+        elif item.is_dir():
+            found = sorted(
+                p for p in item.iterdir()
+                if (p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS and p.suffix.lower() != ".dcm")
+                or (p.is_dir() and dicom_files(p))
+            )
             if not found:
                 raise DataError(f"{item}: folder holds no slide files ({', '.join(SLIDE_EXTENSIONS)})")
             out.extend(found)
@@ -95,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             overwrite=args.overwrite,
             progress=progress,
+            stain=args.stain,
+            stain_reference=args.stain_reference,
         )
     finally:
         if bar is not None:

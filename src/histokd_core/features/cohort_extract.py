@@ -137,6 +137,8 @@ def extract_cohort(
     device: str = "auto",
     overwrite: bool = False,
     progress: CohortProgress | None = None,
+    stain: str = "none",
+    stain_reference: str | os.PathLike | None = None,
 ) -> CohortReport:
     """Extract features of many slides, one dask task per slide.
 
@@ -151,6 +153,12 @@ def extract_cohort(
     loader_workers : tile-reading processes per slide inside each worker.
     device : torch device for the encoder on the workers.
     progress : ``progress(done, total, slide_id, ok)`` after each slide.
+    stain : ``"none"``, ``"macenko"`` or ``"reinhard"``: stain-normalise patches to one cohort
+        reference, fitted once here (or loaded, see
+        :func:`histokd_core.features.stain.cohort_reference`) and stored at the store root and in
+        every slide's attrs.
+    stain_reference : a reference file to use instead of fitting one (e.g. the training
+        cohort's ``stain_reference.json`` when extracting an external cohort).
 
     Returns
     -------
@@ -159,7 +167,8 @@ def extract_cohort(
     from distributed import as_completed
 
     from histokd_core.features.encoders import check_spec
-    from histokd_core.features.slide_features import slide_id_of
+    from histokd_core.features.slide_features import mag_to_mpp, slide_id_of
+    from histokd_core.features.stain import cohort_reference
 
     if not slides:
         raise DataError("extract: no slide given")
@@ -173,6 +182,10 @@ def extract_cohort(
     if root.exists() and not root.is_dir():
         raise DataError(f"extract: output {root} exists and is not a folder")
     root.mkdir(parents=True, exist_ok=True)
+    reference = cohort_reference(
+        paths, stain, root, stain_reference, target_mpp=mag_to_mpp(magnifications[0]),
+        patch_px=patch_px, mpp=mpp,
+    )
     n_workers = max(1, min(int(n_workers), len(paths)))
     threads = max(1, (os.cpu_count() or 1) // n_workers) if not scheduler else None
     options = dict(
@@ -185,6 +198,7 @@ def extract_cohort(
         overwrite=overwrite,
         torch_threads=threads,
         device=device,
+        stain=reference,
     )
     report = CohortReport()
     client, cluster = _client(scheduler, n_workers)

@@ -26,7 +26,9 @@ from histokd_core.errors import DataError
 from histokd_core.features.base import PatchEncoder
 from histokd_core.features.encoders import get_encoder
 from histokd_core.features.slide_features import mag_to_mpp, slide_id_of
+from histokd_core.features.stain import StainNormalizer, StainReference
 from histokd_core.features.store import (
+    IDENTITY_DEFAULTS,
     IDENTITY_KEYS,
     mark_complete,
     read_slide_attrs,
@@ -94,7 +96,7 @@ class TileDataset:
 
     Item ``i`` is ``(tile, seconds)``: ``tile`` a ``(patch_px, patch_px, 3)`` uint8 tensor read at
     ``read_level`` from level-0 top-left ``coords[i]`` and resized (bilinear, antialiased) when the
-    read size differs, ``seconds`` the time it took.
+    read size differs, then stain-normalised when ``stain`` is given; ``seconds`` the time it took.
     """
 
     def __init__(
@@ -105,8 +107,11 @@ class TileDataset:
         read_level: int,
         patch_px: int,
         mpp: float | None = None,
+        stain: StainReference | None = None,
     ) -> None:
         self.slide_path = str(slide_path)
+        self.stain = stain
+        self._normalizer: StainNormalizer | None = None
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.patch_size_level0 = int(patch_size_level0)
         self.read_level = int(read_level)
@@ -136,6 +141,7 @@ class TileDataset:
         state = dict(self.__dict__)
         state["_slide"] = None
         state["_pid"] = None
+        state["_normalizer"] = None
         return state
 
     def __getitem__(self, index: int):
@@ -155,6 +161,10 @@ class TileDataset:
             t = tile.permute(2, 0, 1)[None].float()
             t = F.interpolate(t, size=(self.patch_px, self.patch_px), mode="bilinear", antialias=True)
             tile = t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8)
+        if self.stain is not None:
+            if self._normalizer is None:
+                self._normalizer = StainNormalizer(self.stain)
+            tile = torch.from_numpy(self._normalizer(tile.numpy()))
         return tile, time.perf_counter() - start
 
 
@@ -234,7 +244,7 @@ def encode_tiles(
 def _reusable_mags(existing: dict[str, Any] | None, identity: dict[str, Any], group: Path) -> set[str]:
     if existing is None:
         return set()
-    if any(existing.get(k) != identity[k] for k in IDENTITY_KEYS):
+    if any(existing.get(k, IDENTITY_DEFAULTS.get(k)) != identity[k] for k in IDENTITY_KEYS):
         return set()
     return {m for m in existing.get("magnifications", []) if (group / m / "zarr.json").is_file()}
 
@@ -252,6 +262,7 @@ def extract_slide(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     slide_id: str | None = None,
+    stain: StainReference | None = None,
 ) -> ExtractResult:
     """Extract the features of one slide into ``<root>/<slide_id>.zarr``.
 
@@ -270,6 +281,8 @@ def extract_slide(
         :class:`DataError`).
     progress : ``progress(done, total)`` in patches; raising from it aborts cleanly.
     slide_id : store name; default the file name without its slide extension.
+    stain : stain-normalisation reference applied to every patch before encoding
+        (:func:`histokd_core.features.stain.cohort_reference`); ``None`` encodes patches as read.
 
     Returns
     -------
@@ -287,7 +300,12 @@ def extract_slide(
         raise DataError("extract_slide: no magnification requested")
     for mag in mags:
         mag_to_mpp(mag)
-    identity = {"encoder_id": encoder.id, "weights_hash": encoder.weights_hash, "patch_px": int(patch_px)}
+    identity = {
+        "encoder_id": encoder.id,
+        "weights_hash": encoder.weights_hash,
+        "patch_px": int(patch_px),
+        "stain": stain.id if stain is not None else "none",
+    }
     group = slide_group_path(root, slide_id)
     existing = read_slide_attrs(root, slide_id)
     reusable = _reusable_mags(existing, identity, group)
@@ -319,7 +337,9 @@ def extract_slide(
     offset = 0
     for i, mag in enumerate(todo):
         grid = grids[mag]
-        dataset = TileDataset(slide_path, grid.coords, grid.patch_size_level0, grid.read_level, patch_px, mpp)
+        dataset = TileDataset(
+            slide_path, grid.coords, grid.patch_size_level0, grid.read_level, patch_px, mpp, stain
+        )
 
         def report(n_done: int, base: int = offset) -> None:
             if progress is not None:
@@ -340,6 +360,8 @@ def extract_slide(
             "read_level": grid.read_level,
             "complete": False,
         }
+        if stain is not None:
+            attrs["stain_reference"] = stain.to_attrs()
         write_slide_features(root, slide_id, mag, feats, grid.coords, attrs, overwrite=overwrite and i == 0)
         result.n_patches[mag] = len(grid)
         result.stats.add(stats)

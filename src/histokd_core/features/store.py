@@ -42,7 +42,9 @@ FORMAT = "histokd-features-1"
 #: Attribute keys stored per magnification; all other attrs are stored per slide.
 MAG_ATTR_KEYS = frozenset({"target_mpp", "patch_size_level0", "stride_level0", "read_level", "n_patches"})
 #: Slide attributes that must agree for stored features to be reused or extended.
-IDENTITY_KEYS = ("encoder_id", "weights_hash", "patch_px")
+IDENTITY_KEYS = ("encoder_id", "weights_hash", "patch_px", "stain")
+#: Value of an identity key in stores written before the key existed.
+IDENTITY_DEFAULTS = {"stain": "none"}
 _CHUNK_ROWS = 4096
 
 
