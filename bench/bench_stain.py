@@ -1,0 +1,240 @@
+"""Stain normalisation on a two-site synthetic cohort with a planted stain shift (issue 17).
+
+A synthetic cohort (real pyramidal slides, planted regions driving survival) is split into two
+sites by case; every slide of site B is re-stained with a Beer-Lambert stain shift
+(:class:`histokd_core.synthetic.stain.StainShift`, ``--shift``). Patch features (EfficientNet-Lite0,
+20x) are extracted four ways: ``oracle`` (site B's slides before the shift), ``none`` (shifted,
+as read), ``macenko`` and ``reinhard`` (shifted, normalised to one reference fitted on the whole
+cohort). For each feature set:
+
+- **site separability** of the slide-mean features: cross-validated AUC of a logistic-regression
+  site classifier (0.5 = the sites cannot be told apart), and the distance between the two
+  site means in units of the within-site spread;
+- **the student's between-site gap**: AMKD (teacher with omics, distilled student) is trained on
+  site A only (5-fold CV within A: train/val/test) and every fold's student also scores all of
+  site B. Gap = C-index on the held-out site-A test fold minus C-index on site B, per fold and
+  seed; mean +- standard error over seeds x folds. Differences to ``none`` are paired (same
+  folds and seeds).
+
+Run (resumable; numbers go to docs/benchmarks.md):
+    nice -n 10 python bench/bench_stain.py --out /tmp/stain-bench --cases 96 --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from histokd_core.methods import amkd
+
+log = logging.getLogger("bench_stain")
+
+# A trimmed AMKD method module for run_cv: the teacher and the distilled student only.
+TASKS = amkd.TASKS
+Config = amkd.Config
+
+
+def stages(config):
+    return [s for s in amkd.stages(config) if s.name in ("teacher", "student")]
+
+
+FEATURE_SETS = ("oracle", "none", "macenko", "reinhard")
+
+
+def make_two_sites(out: Path, n_cases: int, shift: float, seed: int):
+    """The cohort, its site table and the re-stained site-B slides (reused when present)."""
+    import pandas as pd
+
+    from histokd_core.synthetic.cohort import make_synthetic_cohort
+    from histokd_core.synthetic.stain import StainShift, write_restained_slide
+
+    data = out / "data"
+    if not (data / "cohort.csv").is_file():
+        make_synthetic_cohort(
+            data, n_cases=n_cases, slide_size=(2048, 2048), seed=seed,
+            histology_noise=0.5, planted_fraction=0.3, censoring=0.2, workers=1,
+        )
+    cohort = pd.read_csv(data / "cohort.csv")
+    cases = sorted(cohort["case_id"].unique())
+    rng = np.random.default_rng(seed)
+    site_b = set(rng.permutation(cases)[: len(cases) // 2])
+    sites = pd.DataFrame({"case_id": cases, "site": ["B" if c in site_b else "A" for c in cases]})
+    sites.to_csv(out / "sites.csv", index=False)
+    originals = {Path(str(s)).stem: data / "slides" / f"{Path(str(s)).stem}.tif"
+                 for s in cohort["slide_id"]}
+    case_of = {Path(str(s)).stem: c for s, c in zip(cohort["slide_id"], cohort["case_id"])}
+    shifted_dir = out / "shifted"
+    shifted_dir.mkdir(exist_ok=True)
+    shifted = {}
+    for sid, path in originals.items():
+        if case_of[sid] in site_b:
+            dst = shifted_dir / path.name
+            if not dst.is_file():
+                write_restained_slide(path, dst, StainShift.tilted(shift))
+            shifted[sid] = dst
+        else:
+            shifted[sid] = path
+    site_of_slide = {sid: ("B" if case_of[sid] in site_b else "A") for sid in originals}
+    return data, sites, originals, shifted, site_of_slide
+
+
+def extract_sets(out: Path, originals, shifted, site_of_slide) -> dict[str, float]:
+    """Extract the four feature sets (resumable); returns seconds per set (this run only)."""
+    from histokd_core.features import extract_slide, get_encoder
+    from histokd_core.features.stain import cohort_reference
+
+    encoder = get_encoder("efficientnet-lite0", device="cpu")
+    seconds = {}
+    plan = {"none": (shifted, None), "macenko": (shifted, "macenko"),
+            "reinhard": (shifted, "reinhard"), "oracle": (originals, None)}
+    for name in ("none", "macenko", "reinhard", "oracle"):
+        slides, method = plan[name]
+        root = out / "features" / name
+        start = time.perf_counter()
+        ref = cohort_reference(list(slides.values()), method, root) if method else None
+        for sid, path in sorted(slides.items()):
+            if name == "oracle" and site_of_slide[sid] == "A":  # identical to "none" for site A
+                src = out / "features" / "none" / f"{sid}.zarr"
+                if not (root / f"{sid}.zarr").exists():
+                    root.mkdir(parents=True, exist_ok=True)
+                    shutil.copytree(src, root / f"{sid}.zarr")
+                continue
+            extract_slide(path, root, encoder, magnifications=("20x",), num_workers=0, stain=ref)
+        seconds[name] = time.perf_counter() - start
+        log.info("features %s: %.0f s", name, seconds[name])
+    return seconds
+
+
+def slide_means(root: Path, slide_ids) -> np.ndarray:
+    from histokd_core.features import open_features
+
+    return np.stack([open_features(root, sid).feats("20x").mean(axis=0) for sid in slide_ids])
+
+
+def site_separability(x: np.ndarray, site: np.ndarray, repeats: int = 5) -> dict[str, float]:
+    """Site-classifier AUC (5-fold CV x repeats) and the normalised site-mean distance."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = (site == "B").astype(int)
+    aucs = []
+    for r in range(repeats):
+        prob = np.zeros(len(y))
+        for train, test in StratifiedKFold(5, shuffle=True, random_state=r).split(x, y):
+            model = make_pipeline(StandardScaler(), PCA(10, random_state=r), LogisticRegression(max_iter=2000))
+            model.fit(x[train], y[train])
+            prob[test] = model.predict_proba(x[test])[:, 1]
+        aucs.append(roc_auc_score(y, prob))
+    z = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    mu_a, mu_b = z[y == 0].mean(0), z[y == 1].mean(0)
+    within = np.sqrt(((z[y == 0] - mu_a) ** 2).sum(1).mean() / 2 + ((z[y == 1] - mu_b) ** 2).sum(1).mean() / 2)
+    return {"site_auc": float(np.mean(aucs)), "site_auc_se": float(np.std(aucs, ddof=1) / np.sqrt(repeats)),
+            "mean_distance": float(np.linalg.norm(mu_a - mu_b) / within)}
+
+
+def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, name: str) -> list[dict]:
+    """Per (seed, fold): C-index of the student on site A's test fold and on all of site B."""
+    import pandas as pd
+
+    from histokd_core.cohort import Folds, load_cohort, make_folds
+    from histokd_core.dataset import CohortData
+    from histokd_core.survival import c_index
+    from histokd_core.train import TrainConfig, run_cv
+
+    cohort = pd.read_csv(data / "cohort.csv")
+    site_of = dict(zip(sites["case_id"], sites["site"]))
+    a_csv = out / "cohort_site_a.csv"
+    cohort[cohort["case_id"].map(site_of) == "A"].to_csv(a_csv, index=False)
+    b_cases = sorted(c for c, s in site_of.items() if s == "B")
+    rows = []
+    for seed in seeds:
+        folds_a = make_folds(load_cohort(a_csv), n_folds=5, seed=seed)
+        extra = pd.DataFrame([{"fold": f, "case_id": c, "split": "test"}
+                              for f in range(5) for c in b_cases])
+        folds = Folds(pd.concat([folds_a.assignments, extra], ignore_index=True))
+        cohort_data = CohortData(data / "cohort.csv", feats, omics=data / "omics.csv",
+                                 gene_sets=data / "gene_sets.gmt", folds=folds)
+        run_dir = out / "runs" / f"{name}_seed{seed}"
+        config = TrainConfig(epochs=epochs, lr=5e-4, device="cpu", seed=seed)
+        run_cv("bench_stain", None, cohort_data, run_dir, config, resume=run_dir.exists())
+        for fold in range(5):
+            pred = pd.read_csv(run_dir / f"fold_{fold}" / "predictions.csv")
+            pred = pred[pred["model"] == "student"]
+            pred["site"] = pred["case_id"].map(site_of)
+            c = {s: c_index(g["time"].to_numpy(), g["risk"].to_numpy(), g["event"].to_numpy())
+                 for s, g in pred.groupby("site")}
+            rows.append({"features": name, "seed": seed, "fold": fold, "c_a": c["A"], "c_b": c["B"],
+                         "gap": c["A"] - c["B"]})
+    return rows
+
+
+def mean_se(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("/tmp/stain-bench"))
+    p.add_argument("--cases", type=int, default=96)
+    p.add_argument("--shift", type=float, default=1.0, help="StainShift.tilted strength of site B")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="cohort and site assignment seed")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data, sites, originals, shifted, site_of_slide = make_two_sites(args.out, args.cases, args.shift, args.seed)
+    log.info("cohort + re-staining: %.0f s", time.perf_counter() - t0)
+    extract_seconds = extract_sets(args.out, originals, shifted, site_of_slide)
+
+    slide_ids = sorted(originals)
+    site = np.array([site_of_slide[s] for s in slide_ids])
+    results: dict[str, dict] = {}
+    all_rows = []
+    for name in FEATURE_SETS:
+        feats = args.out / "features" / name
+        results[name] = site_separability(slide_means(feats, slide_ids), site)
+        rows = student_gaps(args.out, data, feats, sites, range(args.seeds), args.epochs, name)
+        all_rows += rows
+        for key in ("c_a", "c_b", "gap"):
+            results[name][key], results[name][key + "_se"] = mean_se([r[key] for r in rows])
+        log.info("%s: %s", name, results[name])
+    by = {(r["features"], r["seed"], r["fold"]): r["gap"] for r in all_rows}
+    for name in FEATURE_SETS:
+        diffs = [by[(name, s, f)] - by[("none", s, f)] for s in range(args.seeds) for f in range(5)]
+        results[name]["gap_minus_none"], results[name]["gap_minus_none_se"] = mean_se(diffs)
+    (args.out / "results.json").write_text(json.dumps(
+        {"results": results, "rows": all_rows, "extract_s": extract_seconds, "args": vars(args)},
+        indent=1, default=str))
+
+    print(f"\n{args.cases} cases, site B re-stained with StainShift.tilted({args.shift}); "
+          f"{args.seeds} seeds x 5 folds; mean +- SE")
+    print("| features | site AUC (0.5 = same) | site-mean distance | student C, site A test | "
+          "student C, site B | gap A - B | gap - gap(none), paired |")
+    print("|---|---|---|---|---|---|---|")
+    for name in FEATURE_SETS:
+        r = results[name]
+        print(f"| {name} | {r['site_auc']:.3f} +- {r['site_auc_se']:.3f} | {r['mean_distance']:.2f} | "
+              f"{r['c_a']:.3f} +- {r['c_a_se']:.3f} | {r['c_b']:.3f} +- {r['c_b_se']:.3f} | "
+              f"{r['gap']:+.3f} +- {r['gap_se']:.3f} | {r['gap_minus_none']:+.3f} +- {r['gap_minus_none_se']:.3f} |")
+    print(f"\nextraction seconds: {extract_seconds}; total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
