@@ -45,6 +45,7 @@ def stages(config):
 
 
 FEATURE_SETS = ("oracle", "none", "macenko", "reinhard")
+METHOD = "amkd-teacher-student"
 
 
 def make_two_sites(out: Path, n_cases: int, shift: float, seed: int):
@@ -166,7 +167,7 @@ def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, 
                                  gene_sets=data / "gene_sets.gmt", folds=folds)
         run_dir = out / "runs" / f"{name}_seed{seed}"
         config = TrainConfig(epochs=epochs, lr=5e-4, device="cpu", seed=seed)
-        run_cv("bench_stain", None, cohort_data, run_dir, config, resume=run_dir.exists())
+        run_cv(METHOD, None, cohort_data, run_dir, config, resume=run_dir.exists())
         for fold in range(5):
             pred = pd.read_csv(run_dir / f"fold_{fold}" / "predictions.csv")
             pred = pred[pred["model"] == "student"]
@@ -195,7 +196,10 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
+    from histokd_core.methods.registry import register_method
+
     torch.set_num_threads(args.threads)
+    register_method(METHOD, "bench_stain")  # this module: AMKD's teacher and student stages
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
