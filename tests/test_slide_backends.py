@@ -169,6 +169,14 @@ def test_dicom_wsi_made_by_wsidicomizer_equals_the_svs_pixel_for_pixel(dicom_cmu
             )
 
 
+def test_openslide_reads_the_dicom_wsi_like_wsidicom(dicom_cmu):
+    level0_file = max(dicom_cmu.glob("*.dcm"), key=lambda p: p.stat().st_size)
+    with open_slide(level0_file, backend="openslide") as a, open_slide(dicom_cmu) as b:
+        assert (a.backend, a.vendor, b.backend) == ("openslide", "dicom", "wsidicom")
+        assert a.level_dimensions == b.level_dimensions and a.mpp == b.mpp
+        np.testing.assert_array_equal(a.levels[0].compute(), b.levels[0].compute())
+
+
 def test_dicom_associated_images_match_the_svs(dicom_cmu, shared_data):
     with open_slide(dicom_cmu) as dcm, open_slide(shared_data / CMU_SVS) as svs:
         assert dcm.associated_images == ["label", "macro"]
