@@ -17,7 +17,9 @@ cohort). For each feature set:
   folds and seeds).
 
 Run (resumable; numbers go to docs/benchmarks.md):
-    nice -n 10 python bench/bench_stain.py --out /tmp/stain-bench --cases 96 --seeds 3
+    nice -n 10 python bench/bench_stain.py --out /tmp/stain-bench --cases 80 --sets none,oracle &
+    nice -n 10 python bench/bench_stain.py --out /tmp/stain-bench --cases 80 --sets macenko,reinhard
+    python bench/bench_stain.py --out /tmp/stain-bench --report
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ def make_two_sites(out: Path, n_cases: int, shift: float, seed: int):
     return data, sites, originals, shifted, site_of_slide
 
 
-def extract_sets(out: Path, originals, shifted, site_of_slide) -> dict[str, float]:
-    """Extract the four feature sets (resumable); returns seconds per set (this run only)."""
+def extract_sets(out: Path, names, originals, shifted, site_of_slide) -> dict[str, float]:
+    """Extract the feature sets ``names`` (resumable); returns seconds per set (this run only)."""
     from histokd_core.features import extract_slide, get_encoder
     from histokd_core.features.stain import cohort_reference
 
@@ -94,7 +96,8 @@ def extract_sets(out: Path, originals, shifted, site_of_slide) -> dict[str, floa
     seconds = {}
     plan = {"none": (shifted, None), "macenko": (shifted, "macenko"),
             "reinhard": (shifted, "reinhard"), "oracle": (originals, None)}
-    for name in ("none", "macenko", "reinhard", "oracle"):
+    order = [n for n in ("none", "macenko", "reinhard", "oracle") if n in names]
+    for name in order:
         slides, method = plan[name]
         root = out / "features" / name
         start = time.perf_counter()
@@ -103,6 +106,9 @@ def extract_sets(out: Path, originals, shifted, site_of_slide) -> dict[str, floa
             if name == "oracle" and site_of_slide[sid] == "A":  # identical to "none" for site A
                 src = out / "features" / "none" / f"{sid}.zarr"
                 if not (root / f"{sid}.zarr").exists():
+                    if not src.exists():
+                        extract_slide(path, out / "features" / "none", encoder,
+                                      magnifications=("20x",), num_workers=0)
                     root.mkdir(parents=True, exist_ok=True)
                     shutil.copytree(src, root / f"{sid}.zarr")
                 continue
@@ -154,7 +160,7 @@ def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, 
 
     cohort = pd.read_csv(data / "cohort.csv")
     site_of = dict(zip(sites["case_id"], sites["site"]))
-    a_csv = out / "cohort_site_a.csv"
+    a_csv = out / f"cohort_site_a_{name}.csv"
     cohort[cohort["case_id"].map(site_of) == "A"].to_csv(a_csv, index=False)
     b_cases = sorted(c for c, s in site_of.items() if s == "B")
     rows = []
@@ -184,6 +190,40 @@ def mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
+def report(out: Path, seeds: int) -> None:
+    """Merge ``results_*.json`` of the runs and print the table (paired differences to none)."""
+    results, rows, extract_s, args = {}, [], {}, {}
+    for path in sorted(out.glob("results_*.json")):
+        part = json.loads(path.read_text())
+        results.update(part["results"])
+        rows += part["rows"]
+        extract_s.update(part["extract_s"])
+        args = part["args"]
+    by = {(r["features"], r["seed"], r["fold"]): r["gap"] for r in rows}
+    for name in results:
+        diffs = [by[(name, s, f)] - by[("none", s, f)] for s in range(seeds) for f in range(5)
+                 if (name, s, f) in by and ("none", s, f) in by]
+        if len(diffs) > 1:
+            results[name]["gap_minus_none"], results[name]["gap_minus_none_se"] = mean_se(diffs)
+    (out / "results.json").write_text(json.dumps({"results": results, "rows": rows,
+                                                  "extract_s": extract_s}, indent=1))
+    print(f"\n{args.get('cases')} cases, site B re-stained with StainShift.tilted({args.get('shift')}); "
+          f"{seeds} seeds x 5 folds; mean +- SE")
+    print("| features | site AUC (0.5 = same) | site-mean distance | student C, site A test | "
+          "student C, site B | gap A - B | gap - gap(none), paired |")
+    print("|---|---|---|---|---|---|---|")
+    for name in FEATURE_SETS:
+        if name not in results:
+            continue
+        r = results[name]
+        paired = (f"{r['gap_minus_none']:+.3f} +- {r['gap_minus_none_se']:.3f}"
+                  if "gap_minus_none" in r else "-")
+        print(f"| {name} | {r['site_auc']:.3f} +- {r['site_auc_se']:.3f} | {r['mean_distance']:.2f} | "
+              f"{r['c_a']:.3f} +- {r['c_a_se']:.3f} | {r['c_b']:.3f} +- {r['c_b_se']:.3f} | "
+              f"{r['gap']:+.3f} +- {r['gap_se']:.3f} | {paired} |")
+    print(f"\nextraction seconds: {extract_s}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("/tmp/stain-bench"))
@@ -193,7 +233,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="cohort and site assignment seed")
+    p.add_argument("--sets", default=",".join(FEATURE_SETS),
+                   help="feature sets this process extracts and evaluates (run two processes "
+                        "with disjoint sets to use two cores), then --report merges them")
+    p.add_argument("--report", action="store_true", help="only merge results_*.json and print")
     args = p.parse_args()
+    if args.report:
+        report(args.out, args.seeds)
+        return
     import torch
 
     from histokd_core.methods.registry import register_method
@@ -202,16 +249,17 @@ def main() -> None:
     register_method(METHOD, "bench_stain")  # this module: AMKD's teacher and student stages
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.sets.split(",") if n]
     t0 = time.perf_counter()
     data, sites, originals, shifted, site_of_slide = make_two_sites(args.out, args.cases, args.shift, args.seed)
     log.info("cohort + re-staining: %.0f s", time.perf_counter() - t0)
-    extract_seconds = extract_sets(args.out, originals, shifted, site_of_slide)
+    extract_seconds = extract_sets(args.out, names, originals, shifted, site_of_slide)
 
     slide_ids = sorted(originals)
     site = np.array([site_of_slide[s] for s in slide_ids])
     results: dict[str, dict] = {}
     all_rows = []
-    for name in FEATURE_SETS:
+    for name in names:
         feats = args.out / "features" / name
         results[name] = site_separability(slide_means(feats, slide_ids), site)
         rows = student_gaps(args.out, data, feats, sites, range(args.seeds), args.epochs, name)
@@ -219,25 +267,10 @@ def main() -> None:
         for key in ("c_a", "c_b", "gap"):
             results[name][key], results[name][key + "_se"] = mean_se([r[key] for r in rows])
         log.info("%s: %s", name, results[name])
-    by = {(r["features"], r["seed"], r["fold"]): r["gap"] for r in all_rows}
-    for name in FEATURE_SETS:
-        diffs = [by[(name, s, f)] - by[("none", s, f)] for s in range(args.seeds) for f in range(5)]
-        results[name]["gap_minus_none"], results[name]["gap_minus_none_se"] = mean_se(diffs)
-    (args.out / "results.json").write_text(json.dumps(
-        {"results": results, "rows": all_rows, "extract_s": extract_seconds, "args": vars(args)},
-        indent=1, default=str))
-
-    print(f"\n{args.cases} cases, site B re-stained with StainShift.tilted({args.shift}); "
-          f"{args.seeds} seeds x 5 folds; mean +- SE")
-    print("| features | site AUC (0.5 = same) | site-mean distance | student C, site A test | "
-          "student C, site B | gap A - B | gap - gap(none), paired |")
-    print("|---|---|---|---|---|---|---|")
-    for name in FEATURE_SETS:
-        r = results[name]
-        print(f"| {name} | {r['site_auc']:.3f} +- {r['site_auc_se']:.3f} | {r['mean_distance']:.2f} | "
-              f"{r['c_a']:.3f} +- {r['c_a_se']:.3f} | {r['c_b']:.3f} +- {r['c_b_se']:.3f} | "
-              f"{r['gap']:+.3f} +- {r['gap_se']:.3f} | {r['gap_minus_none']:+.3f} +- {r['gap_minus_none_se']:.3f} |")
-    print(f"\nextraction seconds: {extract_seconds}; total {time.perf_counter() - t0:.0f} s")
+    (args.out / f"results_{'_'.join(names)}.json").write_text(json.dumps(
+        {"results": results, "rows": all_rows, "extract_s": extract_seconds,
+         "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
+    log.info("done in %.0f s; merge with --report", time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
