@@ -87,27 +87,27 @@ def make_two_sites(out: Path, n_cases: int, shift: float, seed: int):
     return data, sites, originals, shifted, site_of_slide
 
 
-def extract_sets(out: Path, names, originals, shifted, site_of_slide) -> dict[str, float]:
+def extract_sets(out: Path, names, originals, shifted, site_of_slide, encoder_spec: str) -> dict[str, float]:
     """Extract the feature sets ``names`` (resumable); returns seconds per set (this run only)."""
     from histokd_core.features import extract_slide, get_encoder
     from histokd_core.features.stain import cohort_reference
 
-    encoder = get_encoder("efficientnet-lite0", device="cpu")
+    encoder = get_encoder(encoder_spec, device="cpu")
     seconds = {}
     plan = {"none": (shifted, None), "macenko": (shifted, "macenko"),
             "reinhard": (shifted, "reinhard"), "oracle": (originals, None)}
     order = [n for n in ("none", "macenko", "reinhard", "oracle") if n in names]
     for name in order:
         slides, method = plan[name]
-        root = out / "features" / name
+        root = out / "features" / encoder_spec / name
         start = time.perf_counter()
         ref = cohort_reference(list(slides.values()), method, root) if method else None
         for sid, path in sorted(slides.items()):
             if name == "oracle" and site_of_slide[sid] == "A":  # identical to "none" for site A
-                src = out / "features" / "none" / f"{sid}.zarr"
+                src = out / "features" / encoder_spec / "none" / f"{sid}.zarr"
                 if not (root / f"{sid}.zarr").exists():
                     if not src.exists():
-                        extract_slide(path, out / "features" / "none", encoder,
+                        extract_slide(path, src.parent, encoder,
                                       magnifications=("20x",), num_workers=0)
                     root.mkdir(parents=True, exist_ok=True)
                     shutil.copytree(src, root / f"{sid}.zarr")
@@ -149,7 +149,8 @@ def site_separability(x: np.ndarray, site: np.ndarray, repeats: int = 5) -> dict
             "mean_distance": float(np.linalg.norm(mu_a - mu_b) / within)}
 
 
-def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, name: str) -> list[dict]:
+def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, name: str,
+                 tag: str) -> list[dict]:
     """Per (seed, fold): C-index of the student on site A's test fold and on all of site B."""
     import pandas as pd
 
@@ -160,7 +161,7 @@ def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, 
 
     cohort = pd.read_csv(data / "cohort.csv")
     site_of = dict(zip(sites["case_id"], sites["site"]))
-    a_csv = out / f"cohort_site_a_{name}.csv"
+    a_csv = out / f"cohort_site_a_{tag}_{name}.csv"
     cohort[cohort["case_id"].map(site_of) == "A"].to_csv(a_csv, index=False)
     b_cases = sorted(c for c, s in site_of.items() if s == "B")
     rows = []
@@ -171,7 +172,7 @@ def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, 
         folds = Folds(pd.concat([folds_a.assignments, extra], ignore_index=True))
         cohort_data = CohortData(data / "cohort.csv", feats, omics=data / "omics.csv",
                                  gene_sets=data / "gene_sets.gmt", folds=folds)
-        run_dir = out / "runs" / f"{name}_seed{seed}"
+        run_dir = out / "runs" / tag / f"{name}_seed{seed}"
         config = TrainConfig(epochs=epochs, lr=5e-4, device="cpu", seed=seed)
         run_cv(METHOD, None, cohort_data, run_dir, config, resume=run_dir.exists())
         for fold in range(5):
@@ -190,10 +191,10 @@ def mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def report(out: Path, seeds: int) -> None:
+def report(out: Path, seeds: int, encoder: str) -> None:
     """Merge ``results_*.json`` of the runs and print the table (paired differences to none)."""
     results, rows, extract_s, args = {}, [], {}, {}
-    for path in sorted(out.glob("results_*.json")):
+    for path in sorted(out.glob(f"results_{encoder}_*.json")):
         part = json.loads(path.read_text())
         results.update(part["results"])
         rows += part["rows"]
@@ -205,9 +206,9 @@ def report(out: Path, seeds: int) -> None:
                  if (name, s, f) in by and ("none", s, f) in by]
         if len(diffs) > 1:
             results[name]["gap_minus_none"], results[name]["gap_minus_none_se"] = mean_se(diffs)
-    (out / "results.json").write_text(json.dumps({"results": results, "rows": rows,
+    (out / f"results_{encoder}.json").write_text(json.dumps({"results": results, "rows": rows,
                                                   "extract_s": extract_s}, indent=1))
-    print(f"\n{args.get('cases')} cases, site B re-stained with StainShift.tilted({args.get('shift')}); "
+    print(f"\n{encoder} features; {args.get('cases')} cases, site B re-stained with StainShift.tilted({args.get('shift')}); "
           f"{seeds} seeds x 5 folds; mean +- SE")
     print("| features | site AUC (0.5 = same) | site-mean distance | student C, site A test | "
           "student C, site B | gap A - B | gap - gap(none), paired |")
@@ -232,6 +233,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--encoder", default="efficientnet-lite0", help="patch encoder spec")
     p.add_argument("--seed", type=int, default=0, help="cohort and site assignment seed")
     p.add_argument("--sets", default=",".join(FEATURE_SETS),
                    help="feature sets this process extracts and evaluates (run two processes "
@@ -239,7 +241,7 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="only merge results_*.json and print")
     args = p.parse_args()
     if args.report:
-        report(args.out, args.seeds)
+        report(args.out, args.seeds, args.encoder)
         return
     import torch
 
@@ -253,21 +255,22 @@ def main() -> None:
     t0 = time.perf_counter()
     data, sites, originals, shifted, site_of_slide = make_two_sites(args.out, args.cases, args.shift, args.seed)
     log.info("cohort + re-staining: %.0f s", time.perf_counter() - t0)
-    extract_seconds = extract_sets(args.out, names, originals, shifted, site_of_slide)
+    extract_seconds = extract_sets(args.out, names, originals, shifted, site_of_slide, args.encoder)
 
     slide_ids = sorted(originals)
     site = np.array([site_of_slide[s] for s in slide_ids])
     results: dict[str, dict] = {}
     all_rows = []
     for name in names:
-        feats = args.out / "features" / name
+        feats = args.out / "features" / args.encoder / name
         results[name] = site_separability(slide_means(feats, slide_ids), site)
-        rows = student_gaps(args.out, data, feats, sites, range(args.seeds), args.epochs, name)
+        rows = student_gaps(args.out, data, feats, sites, range(args.seeds), args.epochs, name,
+                            args.encoder)
         all_rows += rows
         for key in ("c_a", "c_b", "gap"):
             results[name][key], results[name][key + "_se"] = mean_se([r[key] for r in rows])
         log.info("%s: %s", name, results[name])
-    (args.out / f"results_{'_'.join(names)}.json").write_text(json.dumps(
+    (args.out / f"results_{args.encoder}_{'_'.join(names)}.json").write_text(json.dumps(
         {"results": results, "rows": all_rows, "extract_s": extract_seconds,
          "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
     log.info("done in %.0f s; merge with --report", time.perf_counter() - t0)
