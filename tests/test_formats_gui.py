@@ -35,6 +35,8 @@ def test_reader_claims_each_format_and_gives_one_multiscale_layer_in_microns(
         assert kwargs["scale"] == (0.499, 0.499) and kwargs["units"] == ("um", "um"), kind
         assert data[0].shape[:2] == (2816, 2048) if kind == "mrxs" else (2967, 2220)
         assert [d.shape[0] for d in data] == sorted((d.shape[0] for d in data), reverse=True)
+        if kind.startswith("dc"):
+            assert kwargs["name"] == "CMU-1" and kwargs["metadata"]["path"] == str(dicom_cmu)
 
 
 def test_reader_declines_folders_and_dcm_files_that_are_not_dicom(tmp_path):

@@ -158,7 +158,7 @@ def test_dicom_wsi_made_by_wsidicomizer_equals_the_svs_pixel_for_pixel(dicom_cmu
     for path in (dicom_cmu, files[0]):  # the folder, or any one instance of it
         with open_slide(path) as slide:
             assert slide.backend == "wsidicom" and choose_backend(path) == "wsidicom"
-            assert slide.path == path
+            assert slide.path == dicom_cmu  # the folder, whichever .dcm was opened
             assert slide.native_level_count == 1 and slide.dimensions == (2220, 2967)
             assert slide.mpp == pytest.approx(0.499)  # from the pixel spacing, mm -> um
             assert slide.tile_size == (960, 960)  # 4 x 4 tiles of 240 px, as the SVS

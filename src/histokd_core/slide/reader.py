@@ -327,6 +327,8 @@ def open_slide(
     path = Path(path)
     name = backends.choose_backend(path, backend)
     _check_path(path, name)
+    if name == "wsidicom":  # one slide = its folder, whichever .dcm was given (one slide id)
+        path = backends.dicom_folder(path)
     source = None
     try:
         source = backends.OPENERS[name](path)
