@@ -84,3 +84,16 @@ def dicom_cmu(tmp_path_factory, shared_data):
     folder = tmp_path_factory.mktemp("dicom") / "CMU-1"
     WsiDicomizer.convert(shared_data / CMU_SVS, folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def encoder_cache(tmp_path_factory) -> Path:
+    """Exported encoder graphs go to a per-session folder, never the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("histokd-cache")
+    old = os.environ.get("HISTOKD_CACHE")
+    os.environ["HISTOKD_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("HISTOKD_CACHE", None)
+    else:
+        os.environ["HISTOKD_CACHE"] = old

@@ -32,7 +32,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--magnifications", default="20x,10x", help="comma-separated, e.g. 20x,10x (default)")
     p.add_argument("--patch-px", type=int, default=256, help="patch side in px (default 256)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction 0..1 (default 0.5)")
-    p.add_argument("--batch-size", type=int, default=64, help="patches per encoder call (default 64)")
+    p.add_argument(
+        "--batch-size", type=int, default=None,
+        help="patches per encoder call (default: the encoder's, 64 on CPU, from free memory on CUDA)",
+    )
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"],
+        help="encoder runtime on CPU (default auto: OpenVINO or ONNX Runtime when installed for the "
+        "built-in EfficientNet-Lite0, torch otherwise and always on CUDA)",
+    )
     p.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
     p.add_argument("--workers", type=int, default=2, help="local dask worker processes (default 2; ignored with --scheduler)")
     p.add_argument("--loader-workers", type=int, default=2, help="tile-reading processes per slide (default 2)")
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             n_workers=args.workers,
             loader_workers=args.loader_workers,
             device=args.device,
+            backend=args.backend,
             overwrite=args.overwrite,
             progress=progress,
             stain=args.stain,

@@ -95,10 +95,14 @@ class TorchPatchEncoder(PatchEncoder):
     input_size : side in px the patches are resized to (bilinear, antialiased).
     mean, std : per-channel normalisation on a 0..1 scale.
     device : ``"auto"`` (CUDA > MPS > CPU) or an explicit torch device.
-    batch_size : patches per forward pass (a larger input batch is split).
+    batch_size : patches per forward pass (a larger input batch is split); ``None`` on CUDA:
+        chosen from the free GPU memory by :func:`cuda_batch_size` (64 elsewhere).
     autocast : mixed precision (float16) on CUDA; ignored on other devices.
     channels_last : NHWC memory layout for convolutional networks (about 1.5x faster on CPU
         for EfficientNet).
+    export_by_default : whether ``backend="auto"`` runs this encoder through a CPU runtime
+        (:mod:`histokd_core.features.runtime`) on CPU; set for the built-in EfficientNet-Lite0,
+        whose export is measured to be faster and equal; other modules keep torch unless asked.
     """
 
     def __init__(
@@ -110,10 +114,11 @@ class TorchPatchEncoder(PatchEncoder):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         device: str = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         weights_hash: str = "",
         autocast: bool = True,
         channels_last: bool = False,
+        export_by_default: bool = False,
     ) -> None:
         import torch
 
@@ -126,8 +131,11 @@ class TorchPatchEncoder(PatchEncoder):
         self.dim = int(dim)
         self.input_size = int(input_size)
         self.weights_hash = weights_hash
-        self.batch_size = int(batch_size)
         self.autocast = bool(autocast) and self.device.startswith("cuda")
+        self.export_by_default = bool(export_by_default)
+        if batch_size is None:
+            batch_size = cuda_batch_size(self) if self.device.startswith("cuda") else 64
+        self.batch_size = int(batch_size)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
@@ -136,13 +144,30 @@ class TorchPatchEncoder(PatchEncoder):
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        x = self.resize_uint8(batch) if self.device == "cpu" else torch.from_numpy(batch).permute(0, 3, 1, 2)
+        if self.device.startswith("cuda"):
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True).float()
+        size = (self.input_size, self.input_size)
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        # (x / 255 - mean) / std in two in-place passes
+        x = x.sub_(self._mean * 255.0).mul_(1.0 / (255.0 * self._std))
+        return x.contiguous(memory_format=self.memory_format)
+
+    def resize_uint8(self, batch: np.ndarray) -> torch.Tensor:
+        """``(b, h, w, 3)`` uint8 -> ``(b, 3, s, s)`` uint8 (a channels-last view) on the CPU.
+
+        torch's antialiased bilinear resize runs on uint8 channels-last tensors about 10x faster
+        than in float32 and rounds to uint8, as PIL does.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2)  # a channels-last view, no copy
         if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False
-            )
-        return ((x - self._mean) / self._std).contiguous(memory_format=self.memory_format)
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
+        return x
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -160,3 +185,28 @@ class TorchPatchEncoder(PatchEncoder):
                     )
                 out[start : start + len(x)] = y.float().cpu().numpy()
         return out
+
+
+def cuda_batch_size(
+    encoder: TorchPatchEncoder, fraction: float = 0.5, probe: int = 8, largest: int = 1024
+) -> int:
+    """Patches per forward pass that use about ``fraction`` of the free GPU memory.
+
+    One forward of ``probe`` blank patches measures the peak memory per patch (activations,
+    under autocast when enabled); the batch is ``fraction * free / per_patch``, rounded down to a
+    multiple of 8 and clipped to ``[8, largest]``.
+    """
+    import torch
+
+    device = torch.device(encoder.device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    x = torch.zeros(probe, 3, encoder.input_size, encoder.input_size, device=device)
+    x = x.contiguous(memory_format=encoder.memory_format)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=encoder.autocast):
+        encoder.module(x)
+    per_patch = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
+    free, _ = torch.cuda.mem_get_info(device)
+    size = int(fraction * free // per_patch) // 8 * 8
+    return int(min(max(size, 8), largest))

@@ -57,12 +57,12 @@ class CohortReport:
         return "\n".join(lines)
 
 
-def _worker_encoder(spec: str, device: str):
+def _worker_encoder(spec: str, device: str, backend: str = "auto"):
     from histokd_core.features.encoders import get_encoder
 
-    key = (spec, device)
+    key = (spec, device, backend)
     if key not in _ENCODERS:
-        _ENCODERS[key] = get_encoder(spec, device=device)
+        _ENCODERS[key] = get_encoder(spec, device=device, backend=backend)
     return _ENCODERS[key]
 
 
@@ -74,12 +74,13 @@ def extract_one(slide_path: str, root: str, spec: str, options: dict[str, Any]) 
 
     torch_threads = options.pop("torch_threads", None)
     device = options.pop("device", "auto")
+    backend = options.pop("backend", "auto")
     if torch_threads:
         import torch
 
         torch.set_num_threads(int(torch_threads))
     try:
-        encoder = _worker_encoder(spec, device)
+        encoder = _worker_encoder(spec, device, backend)
         # slide reads are small dask graphs: run them here, not on the cluster's client
         with dask.config.set(scheduler="synchronous"):
             result = extract_slide(slide_path, root, encoder, **options)
@@ -130,11 +131,12 @@ def extract_cohort(
     patch_px: int = 256,
     mpp: float | None = None,
     min_tissue: float = 0.5,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     scheduler: str | None = None,
     n_workers: int = 2,
     loader_workers: int = 2,
     device: str = "auto",
+    backend: str = "auto",
     overwrite: bool = False,
     progress: CohortProgress | None = None,
     stain: str = "none",
@@ -152,6 +154,8 @@ def extract_cohort(
     n_workers : worker processes of the LocalCluster (ignored with ``scheduler``).
     loader_workers : tile-reading processes per slide inside each worker.
     device : torch device for the encoder on the workers.
+    backend : encoder runtime (``"auto"``, ``"torch"``, ``"openvino"``, ``"onnxruntime"``; see
+        :func:`histokd_core.features.runtime.with_runtime`).
     progress : ``progress(done, total, slide_id, ok)`` after each slide.
     stain : ``"none"``, ``"macenko"`` or ``"reinhard"``: stain-normalise patches to one cohort
         reference, fitted once here (or loaded, see
@@ -199,6 +203,7 @@ def extract_cohort(
         torch_threads=threads,
         device=device,
         stain=reference,
+        backend=backend,
     )
     report = CohortReport()
     client, cluster = _client(scheduler, n_workers)

@@ -85,8 +85,9 @@ def _pooled_features_module():
     return PooledFeatures
 
 
-def make_encoder(argument: str = "", device: str = "auto", batch_size: int = 64) -> TorchPatchEncoder:
-    """The ``"efficientnet-lite0"`` encoder (``argument`` must be empty)."""
+def make_encoder(argument: str = "", device: str = "auto", batch_size: int | None = None) -> TorchPatchEncoder:
+    """The ``"efficientnet-lite0"`` encoder (``argument`` must be empty); batch size 64 on CPU,
+    from the free memory on CUDA (``None``)."""
     if argument:
         raise EncoderError(f"encoder 'efficientnet-lite0' takes no argument, got {argument!r}")
     weights = weights_path()
@@ -101,4 +102,5 @@ def make_encoder(argument: str = "", device: str = "auto", batch_size: int = 64)
         batch_size=batch_size,
         weights_hash=digest,
         channels_last=True,
+        export_by_default=True,
     )

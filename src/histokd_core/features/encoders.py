@@ -16,11 +16,13 @@ Further encoders can be added with :func:`register_encoder`. The encoders import
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 from histokd_core.errors import EncoderError
 from histokd_core.features import efficientnet, foundation, hed
 from histokd_core.features.base import PatchEncoder, require_file
+from histokd_core.features.runtime import with_runtime
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,10 @@ def available_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_encoder(spec: str = DEFAULT_ENCODER, device: str = "auto") -> PatchEncoder:
+def get_encoder(
+    spec: str = DEFAULT_ENCODER, device: str = "auto", backend: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+) -> PatchEncoder:
     """Build the encoder named by ``spec`` (see the module docstring for the forms).
 
     Parameters
@@ -54,11 +59,15 @@ def get_encoder(spec: str = DEFAULT_ENCODER, device: str = "auto") -> PatchEncod
     spec : ``"efficientnet-lite0"``, ``"hed-texture"``, ``"timm:<arch>:<weights file>"`` or
         ``"torchscript:<file>"``.
     device : ``"auto"`` (CUDA > MPS > CPU) or an explicit torch device.
+    backend : ``"auto"`` (the fastest installed CPU runtime for the built-in EfficientNet-Lite0 on
+        CPU, torch otherwise), ``"torch"``, ``"openvino"`` or ``"onnxruntime"``
+        (:func:`histokd_core.features.runtime.with_runtime`).
+    cache_dir : where exported graphs are cached (default ``~/.cache/histokd``).
 
     Raises
     ------
     EncoderError
-        Unknown spec, missing weights file, or a missing optional dependency (timm).
+        Unknown spec or backend, missing weights file, or a missing optional dependency (timm).
     """
     spec = str(spec).strip()
     prefix, _, argument = spec.partition(":")
@@ -69,8 +78,11 @@ def get_encoder(spec: str = DEFAULT_ENCODER, device: str = "auto") -> PatchEncod
             "(e.g. 'efficientnet-lite0', 'hed-texture', 'timm:uni:/path/pytorch_model.bin', "
             "'torchscript:/path/model.pt')"
         )
-    encoder = factory(argument, device)
-    log.info("encoder %s (%d-d) on %s", encoder.id, encoder.dim, encoder.device)
+    encoder = with_runtime(factory(argument, device), backend, cache_dir)
+    log.info(
+        "encoder %s (%d-d) on %s, %s", encoder.id, encoder.dim, encoder.device,
+        getattr(encoder, "backend", "torch"),
+    )
     return encoder
 
 

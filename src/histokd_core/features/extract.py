@@ -193,11 +193,13 @@ def loader_context():
 def encode_tiles(
     dataset: TileDataset,
     encoder: PatchEncoder,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int = 2,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, ExtractStats]:
     """Encode every tile of ``dataset``: features ``(n, d)`` float32 and timings.
+
+    ``batch_size`` tiles per encoder call (default the encoder's own ``batch_size``, else 64).
 
     ``num_workers`` loader processes read tiles while the main process encodes the previous batch.
     ``progress(n_done)`` is called after each batch; an exception it raises stops the extraction.
@@ -211,6 +213,7 @@ def encode_tiles(
     if len(dataset) == 0:
         return feats, stats
     workers = loader_workers(num_workers)
+    batch_size = int(batch_size or getattr(encoder, "batch_size", 64))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -257,7 +260,7 @@ def extract_slide(
     patch_px: int = 256,
     mpp: float | None = None,
     min_tissue: float = 0.5,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int = 2,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
@@ -275,7 +278,7 @@ def extract_slide(
     patch_px : patch side in px at each magnification.
     mpp : microns per level-0 px, overriding/providing the slide metadata.
     min_tissue : minimum tissue fraction of a kept patch (0..1).
-    batch_size : patches per encoder call.
+    batch_size : patches per encoder call (default the encoder's).
     num_workers : tile-reading processes (0: read in this process).
     overwrite : replace stored features made with another encoder or patch size (otherwise
         :class:`DataError`).
