@@ -89,3 +89,42 @@ def test_self_attention_block_large_bag_bounded_chunks():
     small.load_state_dict(block.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(block(x), small(x), atol=1e-5, rtol=1e-5)
+
+
+def test_nystrom_equals_full_attention_when_every_token_is_a_landmark():
+    from histokd_core.nn.attention import nystrom_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 40, 8, generator=g) for _ in range(3))
+    torch.testing.assert_close(nystrom_attention(q, k, v, landmarks=40), naive_attention(q, k, v))
+    block = SelfAttentionBlock(16, heads=2, dim_head=8, attention="nystrom", landmarks=64).eval()
+    full = SelfAttentionBlock(16, heads=2, dim_head=8).eval()
+    full.load_state_dict(block.state_dict())  # same parameters: a switch, not another model
+    x = torch.randn(50, 16, generator=g)
+    torch.testing.assert_close(block(x), full(x))
+
+
+def test_nystrom_is_exact_when_segments_hold_repeated_tokens():
+    """With m segments of g identical tokens the landmarks are the distinct tokens and the
+    Nystrom form equals softmax attention (the uniform log g shift cancels); with distinct
+    tokens it is only an approximation, so the test checks the kernel algebra, not luck."""
+    from histokd_core.nn.attention import nystrom_attention, segment_means
+
+    g = torch.Generator().manual_seed(4)
+    m, group = 6, 9
+    distinct_q, distinct_k, v = torch.randn(2, m, 4, generator=g), torch.randn(2, m, 4, generator=g), torch.randn(2, m * group, 4, generator=g)
+    q, k = distinct_q.repeat_interleave(group, 1), distinct_k.repeat_interleave(group, 1)
+    torch.testing.assert_close(segment_means(k, m), distinct_k)
+    out = nystrom_attention(q, k, v, landmarks=m, pinv_iters=40)
+    torch.testing.assert_close(out, naive_attention(q, k, v), atol=2e-4, rtol=1e-3)
+    nq, nk = (t + 0.5 * torch.randn(t.shape, generator=g) for t in (q, k))
+    err = (nystrom_attention(nq, nk, v, landmarks=m, pinv_iters=40) - naive_attention(nq, nk, v)).abs().max()
+    assert err > 1e-3  # distinct keys: an approximation
+
+
+def test_segment_means_cover_uneven_lengths():
+    from histokd_core.nn.attention import segment_means
+
+    x = torch.arange(7.0).reshape(1, 7, 1)
+    # floor(i * 3 / 7): segments {0, 1, 2}, {3, 4}, {5, 6}
+    torch.testing.assert_close(segment_means(x, 3)[0, :, 0], torch.tensor([1.0, 3.5, 5.5]))

@@ -9,6 +9,10 @@ checkpointing), so the retained activations grow linearly with ``n``, not as ``n
 sequence ``[pathways (P), patches (n)]`` pathway queries attend to every token (one softmax over
 pathways and patches) and patch queries attend to pathway tokens only; patch-to-patch attention is
 masked out, which is what makes 50 000-patch slides affordable (``O(P n)``).
+
+:func:`nystrom_attention` (Xiong et al., AAAI 2021) approximates the same softmax attention with
+``m`` landmarks in ``O(n m)``; :class:`MultiHeadAttention` and :class:`SelfAttentionBlock` take
+``attention="full" | "nystrom"`` (a config switch of the students; full is the papers' layer).
 """
 
 from __future__ import annotations
@@ -49,6 +53,56 @@ def chunked_sdpa(
     return torch.cat(outs, dim=1)
 
 
+def iterative_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
+    """Moore-Penrose pseudo-inverse of a batch of square matrices ``(..., m, m)`` by the iterative
+    scheme of Nystromformer (Razavi et al.), ``iters`` third-order iterations."""
+    abs_x = x.abs()
+    scale = abs_x.sum(-1).amax() * abs_x.sum(-2).amax()
+    z = x.transpose(-1, -2) / scale
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
+    return z
+
+
+def segment_means(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Means of ``m`` contiguous, nearly equal segments of ``x (heads, n, dh)`` -> ``(heads, m, dh)``
+    (no padding: segment ``j`` holds tokens ``i`` with ``floor(i m / n) = j``)."""
+    n = x.shape[1]
+    seg = torch.arange(n, device=x.device) * m // n
+    sums = torch.zeros(x.shape[0], m, x.shape[2], dtype=x.dtype, device=x.device).index_add(1, seg, x)
+    counts = torch.bincount(seg, minlength=m).to(x.dtype)
+    return sums / counts[None, :, None]
+
+
+def nystrom_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, landmarks: int = 256, pinv_iters: int = 6
+) -> torch.Tensor:
+    """Nystrom approximation of ``softmax(q k^T / sqrt(dh)) v`` with ``m = landmarks`` landmarks.
+
+    ``softmax(q k~^T) pinv(softmax(q~ k~^T)) softmax(q~ k^T) v`` where ``q~, k~ (heads, m, dh)`` are
+    segment means of the queries and keys (:func:`segment_means`). ``O(n m dh + m^3)`` time,
+    ``O(n m)`` memory per head. With ``n_q <= m`` or ``n_k <= m`` every token is its own landmark
+    and the exact attention is computed instead (:func:`chunked_sdpa`).
+
+    Parameters
+    ----------
+    q : ``(heads, n_q, dh)``; k, v : ``(heads, n_k, dh)``; pinv_iters : see :func:`iterative_pinv`.
+    """
+    if q.shape[1] <= landmarks or k.shape[1] <= landmarks:
+        return chunked_sdpa(q, k, v)
+    q = q * q.shape[-1] ** -0.5
+    q_land, k_land = segment_means(q, landmarks), segment_means(k, landmarks)
+    kernel1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)
+    kernel2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)
+    kernel3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)
+    return (kernel1 @ iterative_pinv(kernel2, pinv_iters)) @ (kernel3 @ v)
+
+
+ATTENTION_KINDS = ("full", "nystrom")
+
+
 def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Softmax attention weights ``(heads, n_q, n_k)`` for explanation (small ``n_q`` only)."""
     return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
@@ -61,12 +115,21 @@ class MultiHeadAttention(nn.Module):
     ----------
     dim : token width; heads, dim_head : ``inner = heads * dim_head``; chunk_size : see
     :func:`chunked_sdpa`.
+    attention : ``"full"`` (exact softmax attention, chunked) or ``"nystrom"``
+        (:func:`nystrom_attention` with ``landmarks`` landmarks). Both have the same parameters,
+        so a model trained with one can run with the other (``set_attention``).
     """
 
-    def __init__(self, dim: int, heads: int = 4, dim_head: int = 64, chunk_size: int = 1024):
+    def __init__(
+        self, dim: int, heads: int = 4, dim_head: int = 64, chunk_size: int = 1024,
+        attention: str = "full", landmarks: int = 256,
+    ):
         super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
         inner = heads * dim_head
         self.heads, self.dim_head, self.chunk_size = heads, dim_head, chunk_size
+        self.attention, self.landmarks = attention, int(landmarks)
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim)
@@ -86,6 +149,8 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
         q, k, v = self.project(x_q, x_kv)
+        if self.attention == "nystrom":
+            return self.merge(nystrom_attention(q, k, v, self.landmarks))
         return self.merge(chunked_sdpa(q, k, v, self.chunk_size))
 
     def weights(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
@@ -114,16 +179,17 @@ class FeedForward(nn.Module):
 class SelfAttentionBlock(nn.Module):
     """Pre-norm transformer block on ``(n, dim)``: ``x + MHA(LN x)`` then ``x + FF(x)``.
 
-    Memory is bounded by chunked queries (:func:`chunked_sdpa`), compute is ``O(n^2 dim)``.
+    Memory is bounded by chunked queries (:func:`chunked_sdpa`); compute is ``O(n^2 dim)`` with
+    ``attention="full"``, ``O(n m dim)`` with ``"nystrom"`` (``m = landmarks``).
     """
 
     def __init__(
         self, dim: int, heads: int = 4, dim_head: int = 64, dropout: float = 0.1,
-        chunk_size: int = 1024,
+        chunk_size: int = 1024, attention: str = "full", landmarks: int = 256,
     ):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, heads, dim_head, chunk_size)
+        self.attn = MultiHeadAttention(dim, heads, dim_head, chunk_size, attention, landmarks)
         self.ff = FeedForward(dim, 1, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,9 @@ class Config:
     max_train_patches : random patches per bag while training (SurvPath's 4096; None = all).
     chunk_size : query chunk of the memory-bounded attention (512: at 50 000 patches one
         chunk's scores take ``heads * 512 * 50 000 * 4`` bytes = 410 MB).
+    patch_attention : the student's patch self-attention, ``"full"`` (the paper's, default) or
+        ``"nystrom"`` (:func:`histokd_core.nn.attention.nystrom_attention`, ``O(n m)``; accuracy
+        and cost against full in docs/benchmarks.md); landmarks : its ``m`` (256).
     teacher_patch_self_attention : add patch-to-patch self-attention to the teacher (off:
         SurvPath's pattern, no patch-to-patch attention).
     explain_top_pathways : pathways whose maps :meth:`explain` returns (20).
@@ -50,6 +53,8 @@ class Config:
     arr_eps: float = 1e-6
     max_train_patches: int | None = 4096
     chunk_size: int = 512
+    patch_attention: str = "full"
+    landmarks: int = 256
     teacher_patch_self_attention: bool = False
     explain_top_pathways: int = 20
 
@@ -69,6 +74,11 @@ class Config:
             )
         if self.chunk_size < 1:
             raise ConfigError(f"amkd chunk_size must be >= 1, got {self.chunk_size}")
+        if self.patch_attention not in ("full", "nystrom") or self.landmarks < 1:
+            raise ConfigError(
+                f"amkd patch_attention must be 'full' or 'nystrom' and landmarks >= 1, got "
+                f"{self.patch_attention!r} / {self.landmarks}"
+            )
 
 
 def stages(config: Config) -> list[Stage]:

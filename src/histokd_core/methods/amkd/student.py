@@ -57,7 +57,9 @@ class AMKDStudent(BagModel):
         self.distill = distill
         self.pathway_names = pathway_names(info)
         self.patches = patch_projection(info.feat_dim, c.dim, c.dropout)
-        self.patch_sa = SelfAttentionBlock(c.dim, c.heads, c.dim_head, 0.1, c.chunk_size)
+        self.patch_sa = SelfAttentionBlock(
+            c.dim, c.heads, c.dim_head, 0.1, c.chunk_size, c.patch_attention, c.landmarks
+        )
         self.queries = nn.Parameter(torch.randn(len(info.pathways), c.dim) * 0.02)
         self.enhance = CrossAttentionBlock(c.dim, c.heads, c.dim_head, 0.1, c.chunk_size)
         self.enhance_proj = nn.Linear(c.dim, c.dim)

@@ -21,19 +21,7 @@ from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import DataError
 from histokd_core.methods.base import BagModel, Prediction
 from histokd_core.methods.baselines.outcome import outcome_loss, outcome_prediction
-
-
-def iterative_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
-    """Moore-Penrose pseudo-inverse of a batch of square matrices ``(..., m, m)`` by the iterative
-    scheme of Nystromformer (Razavi et al.)."""
-    abs_x = x.abs()
-    scale = abs_x.sum(-1).amax() * abs_x.sum(-2).amax()
-    z = x.transpose(-1, -2) / scale
-    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
-    for _ in range(iters):
-        xz = x @ z
-        z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
-    return z
+from histokd_core.nn.attention import iterative_pinv
 
 
 class NystromAttention(nn.Module):
@@ -43,8 +31,10 @@ class NystromAttention(nn.Module):
     ----------
     dim : token dimension; heads : attention heads (``dim_head = dim // heads``).
     landmarks : number of landmarks ``m``; the sequence is zero-padded at the front to a multiple.
-        Sequences of at most ``m`` tokens use exact softmax attention (every token its own
-        landmark, where the Nystrom form is exact) instead of padding up to ``m``.
+        Where exact softmax attention costs fewer multiply-adds than the Nystrom form
+        (:meth:`exact_is_cheaper`: up to ~2 000 tokens with 256 landmarks, 6 iterations and
+        64-wide heads, e.g. TransMIL's ~440-token bags) the exact attention is computed: it is
+        what the Nystrom form approximates, and it is exact when every token is a landmark.
     pinv_iters : iterations of :func:`iterative_pinv`; dropout : output dropout.
     """
 
@@ -75,7 +65,7 @@ class NystromAttention(nn.Module):
         slightly negative)."""
         b, n, _ = x.shape
         m = self.landmarks
-        if n <= m:
+        if self.exact_is_cheaper(n):
             return self._exact(x)
         pad = (m - n % m) % m
         x = F.pad(x, (0, 0, pad, 0))
@@ -95,6 +85,18 @@ class NystromAttention(nn.Module):
         first = (left[:, :, pad : pad + 1] @ attn3)[:, :, 0, pad:]
         return self.to_out(out)[:, -n:], first
 
+
+    def exact_is_cheaper(self, n: int) -> bool:
+        """Whether exact attention over ``n`` tokens takes fewer multiply-adds per head
+        (``2 n^2 dh``) than the Nystrom form on the padded sequence ``n'``
+        (``2 n' m dh`` for the two kernels with landmarks, ``4 iters m^3`` for the pseudo-inverse,
+        ``2 n' m^2``-ish products folded in as ``n' m^2``)."""
+        m, dh = self.landmarks, self.dim_head
+        if n <= m:
+            return True
+        padded = n + (m - n % m) % m
+        nystrom = 2 * padded * m * dh + 4 * self.pinv_iters * m**3 + padded * m * m
+        return 2 * n * n * dh <= nystrom
 
     def _exact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact softmax attention (what the Nystrom form gives when every token is a landmark)."""
