@@ -54,7 +54,7 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> LayerData:
 
     Without mpp the layer is in pixel units and ``metadata["mpp_missing"]`` is True.
     """
-    levels = slide.levels
+    levels = slide.display_levels
     kwargs: dict[str, Any] = {
         "name": name or (slide.path.name if slide.path.is_dir() else slide.path.stem),
         "rgb": True,

@@ -10,6 +10,9 @@ napari can draw an overview without ever holding a whole level 0 in memory.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import dask.array as da
 import numpy as np
 
@@ -17,6 +20,11 @@ import numpy as np
 TARGET_CHUNK = 1024
 #: Extra levels are added until the coarsest level's longer side is at most this (px).
 OVERVIEW_MAX_SIDE = 1024
+#: Threads that decode the tiles of one read. tiffslide's zarr store decodes serially inside
+#: zarr's event loop unless told otherwise (its default is half the CPUs, and under 3 it decodes
+#: inline), so it is told here, before any slide is opened; a value set by the user wins.
+DECODE_THREADS = max(2, min(8, os.cpu_count() or 2))
+os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", str(DECODE_THREADS))
 
 
 def _axis_chunk(native: int, size: int, target: int = TARGET_CHUNK) -> int:
@@ -61,6 +69,107 @@ def as_rgb_level(array) -> da.Array:
     if level.shape[-1] == 4:
         level = level[..., :3]
     return level
+
+
+def _axis_range(key, size: int) -> tuple[int, int, int, bool]:
+    """``(start, stop, step, squeeze)`` of an int or slice index along an axis of length ``size``."""
+    if isinstance(key, (int, np.integer)):
+        i = int(key) + (size if key < 0 else 0)
+        if not 0 <= i < size:
+            raise IndexError(f"index {key} is out of bounds for an axis of size {size}")
+        return i, i + 1, 1, True
+    if isinstance(key, slice):
+        start, stop, step = key.indices(size)
+        if step < 1:
+            raise IndexError("slide levels support positive slice steps only")
+        return start, max(start, stop), step, False
+    raise IndexError(f"slide levels support int and slice indices, got {type(key).__name__}")
+
+
+class DisplayLevel:
+    """What napari reads: one native RGB level ``(h, w, 3)`` uint8, sliced without dask.
+
+    napari slices each level of a multiscale layer and converts the result with ``np.asarray``.
+    Through dask, every slice pays graph construction and scheduling, and reads whole ~1024 px
+    chunks even for a small view. Here a slice reads exactly the tiles it covers with one call to
+    the backend's array: tiffslide's zarr store decodes them on ``DECODE_THREADS`` threads. For
+    arrays without their own parallel decode (``parallel_inside=False``, e.g. other backends'
+    region readers) a region spanning several tile rows is read as tile-aligned bands in a
+    thread pool. Nothing is cached, so memory stays flat while panning.
+
+    Parameters
+    ----------
+    array : the level as the backend gives it: ``(h, w, 3)`` with ``chunks`` (tile shape) and
+        numpy-style slicing (a zarr array, or a region reader with the same interface).
+    parallel_inside : whether one read of ``array`` already decodes its tiles in parallel
+        (default: true for zarr arrays).
+    """
+
+    def __init__(self, array, parallel_inside: bool | None = None) -> None:
+        if len(array.shape) != 3 or array.shape[2] != 3:
+            raise ValueError(f"DisplayLevel needs an (h, w, 3) level, got shape {array.shape}")
+        self.array = array
+        self.shape = tuple(int(v) for v in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = 3
+        self.size = int(np.prod(self.shape))
+        self.tile_hw = (int(array.chunks[0]), int(array.chunks[1]))
+        self.parallel_inside = hasattr(array, "store") if parallel_inside is None else parallel_inside
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (3 - len(key))
+        if len(key) != 3:
+            raise IndexError(f"too many indices for a (h, w, 3) level: {len(key)}")
+        y0, y1, ys, ysq = _axis_range(key[0], self.shape[0])
+        x0, x1, xs, xsq = _axis_range(key[1], self.shape[1])
+        block = self._read(y0, y1, x0, x1)[::ys, ::xs]
+        block = block[:, :, key[2]]
+        if xsq:
+            block = block[:, 0]
+        if ysq:
+            block = block[0]
+        return block
+
+    def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` as a new ``(h, w, 3)`` uint8 array."""
+        th = self.tile_hw[0]
+        rows = list(range((y0 // th + 1) * th, y1, th))
+        if y1 <= y0 or x1 <= x0 or self.parallel_inside or not rows:
+            return np.asarray(self.array[y0:y1, x0:x1])
+        edges = [y0, *rows, y1]
+        bands = max(1, min(DECODE_THREADS, len(edges) - 1))
+        cuts = [edges[round(i * (len(edges) - 1) / bands)] for i in range(bands + 1)]
+        out = np.empty((y1 - y0, x1 - x0, 3), dtype=self.dtype)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="histokd-tiles")
+
+        def band(i: int) -> None:
+            out[cuts[i] - y0 : cuts[i + 1] - y0] = self.array[cuts[i] : cuts[i + 1], x0:x1]
+
+        list(self._pool.map(band, range(bands)))
+        return out
+
+    def __repr__(self) -> str:
+        return f"DisplayLevel(shape={self.shape}, tile={self.tile_hw})"
+
+
+def display_levels(levels: list[da.Array], direct: dict[int, object]) -> list:
+    """The arrays napari reads: a :class:`DisplayLevel` for every native RGB level that can be
+    read directly (``direct[i]``), the dask level otherwise (other layouts, lazy overviews)."""
+    return [DisplayLevel(direct[i]) if i in direct else level for i, level in enumerate(levels)]
 
 
 def _mean_2x2(block: np.ndarray) -> np.ndarray:

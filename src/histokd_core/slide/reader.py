@@ -82,6 +82,9 @@ class Slide:
     levels : ``(h, w, 3)`` uint8 dask arrays, finest first. The first ``native_level_count``
         are the file's own levels (chunks = blocks of whole tiles); the rest are lazy 2x
         box-mean overviews.
+    display_levels : the same levels as napari reads them: native RGB levels as
+        :class:`~histokd_core.slide.pyramid.DisplayLevel` (sliced without dask, tiles decoded in
+        parallel), the others as in ``levels``.
     level_dimensions : ``(width, height)`` px of each entry of ``levels``.
     level_downsamples : level-0 px per level px of each entry of ``levels``.
     mpp : microns per level-0 pixel, or ``None`` when unknown.
@@ -108,6 +111,8 @@ class Slide:
                     "expected 8-bit RGB brightfield"
                 )
         self.levels: list[da.Array] = pyramid.with_overview_levels(native)
+        #: what viewers read: native RGB levels sliced without dask (see pyramid.DisplayLevel)
+        self.display_levels: list = pyramid.display_levels(self.levels, self._direct)
         self.level_dimensions: list[tuple[int, int]] = [
             (int(a.shape[1]), int(a.shape[0])) for a in self.levels
         ]
