@@ -32,9 +32,9 @@ from histokd_core.dataset import CohortData
 from histokd_core.methods import registry
 from histokd_core.synthetic.cohort import make_feature_cohort
 
-MODELS = [
-    ("amkd", "survival", "student"),
+MODELS = [  # ABMIL first: every ratio is to it
     ("amkd", "survival", "abmil"),
+    ("amkd", "survival", "student"),
     ("subspace", "classification", "student"),
     ("momkd", "classification", "student"),
     ("baselines", "classification", "transmil"),
