@@ -177,8 +177,8 @@ def measure(kind: str, n: int) -> dict:
     seconds = time.perf_counter() - t0
     done.set()
     thread.join()
-    value = pred.risk if pred.risk is not None else pred.probability
-    return {"seconds": seconds, "peak_mib": max(peak[0], rss_mib()) - start, "value": float(torch.as_tensor(value).flatten()[0])}
+    value = pred.risk if pred.risk is not None else pred.logits
+    return {"seconds": seconds, "peak_mib": max(peak[0], rss_mib()) - start, "value": float(value.flatten()[0])}
 
 
 def table_cost(sizes: list[int]) -> None:
