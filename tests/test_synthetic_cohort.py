@@ -15,6 +15,7 @@ from histokd_core.synthetic.cohort import (
     make_feature_cohort,
     make_synthetic_cohort,
     risk_weights,
+    slide_oracle_features,
 )
 
 
@@ -63,16 +64,68 @@ def test_pathway_expression_tracks_latent_factors(cohort):
 
 def test_histology_is_partial_and_weaker_than_omics(cohort):
     latent = cohort.latent.set_index("case_id")
-    share = _planted_share(cohort, 0)
-    r_hist = np.corrcoef(share, latent.loc[share.index, "z0"])[0, 1]
-    e2f = _pathway_scores(cohort)["HALLMARK_E2F_TARGETS"]
-    r_omics = np.corrcoef(e2f, latent.loc[cohort.expression.index, "z0"])[0, 1]
-    assert 0.4 < r_hist < r_omics - 0.1
+    share = _planted_share(cohort, 1)  # factor 1 is a share factor
+    r_hist = np.corrcoef(share, latent.loc[share.index, "z1"])[0, 1]
+    ifng = _pathway_scores(cohort)["HALLMARK_INTERFERON_GAMMA_RESPONSE"]
+    r_omics = np.corrcoef(ifng, latent.loc[cohort.expression.index, "z1"])[0, 1]
+    assert 0.6 < r_hist < r_omics
     # planted patches carry the shift along one direction: their mean projects far from the others
     sid = next(s for s, p in cohort.planted.items() if (p == 0).sum() >= 3)
     feats, planted = cohort.features[sid].feats("20x"), cohort.planted[sid]
     gap = feats[planted == 0].mean(0) - feats[planted < 0].mean(0)
     assert np.linalg.norm(gap) > 1.0
+    assert abs(gap @ cohort.type_directions[0]) > 1.0
+
+
+def _mean_pooled(fc):
+    case_of = fc.cohort.set_index("slide_id")["case_id"]
+    means = pd.DataFrame({s: fc.features[s].feats("20x").mean(0) for s in fc.planted}).T
+    return means.groupby(case_of[means.index].to_numpy()).mean()
+
+
+def test_local_factor_is_strong_in_omics_weak_and_local_in_slides(cohort):
+    """Factor 0: its subpopulation's share says nothing, its small shift says much, the mean of
+    all patches says less, the expression says most."""
+    latent = cohort.latent.set_index("case_id")
+    oracle = slide_oracle_features(cohort)
+    z0 = latent.loc[oracle.index, "z0"]
+    assert list(oracle.columns) == ["share_0", "share_1", "shift_0"]
+    assert abs(np.corrcoef(oracle["share_0"], z0)[0, 1]) < 0.2
+    r_local = np.corrcoef(oracle["shift_0"], z0)[0, 1]
+    pooled = _mean_pooled(cohort).loc[oracle.index].to_numpy() @ cohort.local_directions[0]
+    r_pooled = np.corrcoef(pooled, z0)[0, 1]
+    e2f = _pathway_scores(cohort)["HALLMARK_E2F_TARGETS"]
+    r_omics = np.corrcoef(e2f, latent.loc[cohort.expression.index, "z0"])[0, 1]
+    assert 0.1 < r_pooled < r_local - 0.15 and 0.7 < r_local < r_omics
+    # directions: orthonormal; the per-slide shift stays out of them
+    basis = np.vstack([cohort.type_directions, cohort.local_directions])
+    np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-9)
+    unplanted = np.array([cohort.features[s].feats("20x")[p < 0].mean(0)
+                          for s, p in cohort.planted.items()])
+    n = np.array([(p < 0).sum() for p in cohort.planted.values()])
+    along = (unplanted @ basis.T) * np.sqrt(n)[:, None]  # patch noise alone: sd 1
+    assert np.abs(along.std(0) - 1).max() < 0.2
+    outside = np.linalg.svd(np.eye(16) - basis.T @ basis)[0][:, 0]
+    assert ((unplanted @ outside) * np.sqrt(n)).std() > 1.3  # there the slide shift adds
+
+
+def test_old_cohorts_stay_reachable_through_knobs():
+    """local_factors=0 and a slide shift in every direction: every factor sets its share."""
+    old = make_feature_cohort(None, n_cases=240, n_patches=40, feat_dim=16, seed=0,
+                              local_factors=0, slide_shift_in_signal=True,
+                              histology_noise=1.0, survival_signal=1.0)
+    assert old.local_directions.shape == (0, 16)
+    latent = old.latent.set_index("case_id")
+    oracle = slide_oracle_features(old)
+    assert list(oracle.columns) == ["share_0", "share_1"]
+    assert np.corrcoef(oracle["share_0"], latent.loc[oracle.index, "z0"])[0, 1] > 0.5
+    sid = old.cohort["slide_id"].iloc[0]
+    unplanted = old.features[sid].feats("20x")[old.planted[sid] < 0]
+    assert unplanted.shape[1] == 16
+    with pytest.raises(ValueError, match="local_factors"):
+        SignalKnobs(local_factors=3)
+    with pytest.raises(ValueError, match="feat_dim"):
+        make_feature_cohort(None, n_cases=8, feat_dim=2)
 
 
 def test_knobs_switch_signals_off():

@@ -6,6 +6,7 @@ from histokd_core.synthetic.cohort import (
     SyntheticCohort,
     make_feature_cohort,
     make_synthetic_cohort,
+    slide_oracle_features,
 )
 from histokd_core.synthetic.slides import (
     REGION_KINDS,
@@ -21,6 +22,7 @@ __all__ = [
     "SyntheticCohort",
     "make_feature_cohort",
     "make_synthetic_cohort",
+    "slide_oracle_features",
     "REGION_KINDS",
     "PlantedRegion",
     "SyntheticSlide",

@@ -8,12 +8,29 @@ factor 1 = "immune infiltration", further factors generic). They drive every mod
   noise pathways and extra genes are pure noise. Factor-0 pathways are named after the default
   tumour Hallmark sets and factor-1 pathways after the TME ones
   (:mod:`histokd_core.omics.subspaces`), so the default tumour/TME split works on this data.
-- **histology**: in every slide, a spatially contiguous cluster of patches is planted per factor;
-  its share of the slide's patches is ``2 * planted_fraction * sigmoid(z_k + histology_noise *
-  eps)`` (partial, noisy view of the factor) and its patches' features are shifted by
-  ``histology_signal`` along a factor-specific unit direction (noise sd 1). For image cohorts the
-  same share sets the area of a planted region (``tumor``, ``immune``, ``stroma``, ``necrosis``
-  morphology, :mod:`histokd_core.synthetic.slides`).
+- **histology** (feature cohorts): in every slide, a spatially contiguous cluster of patches
+  (a patch *subpopulation*, one per factor) is planted; its patches are shifted by
+  ``histology_signal`` along the factor's unit *type* direction ``t_k`` (noise sd 1), which
+  makes the subpopulation recognisable. How the factor shows depends on its kind:
+
+  - the first ``local_factors`` factors are **local**: the subpopulation's share of the slide
+    does not depend on the factor (``2 * planted_fraction * sigmoid(histology_noise * eps)``);
+    only its patches shift slightly, by ``local_signal * z_k`` along a second unit direction
+    ``u_k`` orthogonal to every type direction. A model that averages all patches sees the shift
+    diluted by the share; one that finds the subpopulation sees it clearly. With the defaults,
+    factor 0 (the strongest risk factor, also the best-measured one in the expression) is local:
+    strong in the expression, weak and local in the slides;
+  - the other factors are **share** factors: the subpopulation's share is
+    ``2 * planted_fraction * sigmoid(z_k + histology_noise * eps)`` (a partial, noisy view of
+    the factor). ``local_factors=0`` makes every factor a share factor (the cohorts before
+    issue 11).
+
+  Each slide also gets a per-slide shift (as staining) of sd ``slide_shift`` per dimension; by
+  default it is orthogonal to every type and local direction, so it cannot swamp the planted
+  signal along them (``slide_shift_in_signal=True`` lets it act in every direction, as before
+  issue 11). For image cohorts every factor sets the area of a planted region (``tumor``,
+  ``immune``, ``stroma``, ``necrosis`` morphology, :mod:`histokd_core.synthetic.slides`) as a
+  share factor; ``local_factors``, ``local_signal`` and the slide shift apply to feature cohorts.
 - **outcomes**: risk ``r = z @ beta`` (``beta = (1, -0.8, 0.6, -0.4, ...)``: the tumour factor
   worsens, the immune factor improves prognosis); survival time ``T ~ Exp(lambda0 *
   exp(survival_signal * r))`` months with independent exponential censoring tuned to
@@ -21,7 +38,8 @@ factor 1 = "immune infiltration", further factors generic). They drive every mod
 
 With the defaults the omics see the factors almost exactly (pathway means correlate > 0.9 with
 them) and the slides only partially, so an omics+WSI teacher beats a WSI-only model and
-distillation has something to transfer.
+distillation has something to transfer. :func:`slide_oracle_features` gives the planted truth a
+slide-only oracle may use (per case: subpopulation shares and the local shifts).
 """
 
 from __future__ import annotations
@@ -54,9 +72,19 @@ class SignalKnobs:
     ----------
     n_factors : latent factors ``K`` (>= 1; at most 4 for image cohorts).
     omics_signal : loading scale of pathway genes on their factor, in units of gene noise sd.
-    histology_signal : shift of planted patch features along the factor direction (noise sd 1).
-    histology_noise : sd of the noise added to a factor before it sets a slide's planted share.
+    histology_signal : shift of planted patch features along the factor's type direction
+        (noise sd 1): how recognisable the planted subpopulation is.
+    histology_noise : sd of the noise added to a factor before it sets a slide's planted share
+        (for local factors the share is noise only).
     planted_fraction : mean share of a slide's patches planted per factor (0..0.5).
+    local_factors : how many factors (the first ones) show in the slides only as a shift of
+        their subpopulation, ``local_signal * z_k`` along a direction of their own (0..K;
+        0 = every factor sets its subpopulation's share, the cohorts before issue 11).
+    local_signal : that shift per unit of the factor, in units of patch noise sd.
+    slide_shift : sd per feature dimension of a per-slide shift (as staining).
+    slide_shift_in_signal : let the per-slide shift act along the type and local directions too
+        (True before issue 11, where it swamped the planted share signal); False keeps it
+        orthogonal to them.
     survival_signal : log-hazard per unit of latent risk.
     censoring : expected fraction of censored cases (0..0.95).
     label_noise : sd of the noise added to the risk before it is thresholded into the label.
@@ -67,9 +95,13 @@ class SignalKnobs:
     n_factors: int = 2
     omics_signal: float = 1.5
     histology_signal: float = 1.5
-    histology_noise: float = 1.0
+    histology_noise: float = 0.5
     planted_fraction: float = 0.2
-    survival_signal: float = 1.0
+    local_factors: int = 1
+    local_signal: float = 0.6
+    slide_shift: float = 0.3
+    slide_shift_in_signal: bool = False
+    survival_signal: float = 1.5
     censoring: float = 0.3
     label_noise: float = 0.5
     pathways_per_factor: int = 3
@@ -88,6 +120,11 @@ class SignalKnobs:
         if not 0 <= self.multi_slide_fraction <= 1:
             raise ValueError(
                 f"multi_slide_fraction must be in [0, 1], got {self.multi_slide_fraction}")
+        if not 0 <= self.local_factors <= self.n_factors:
+            raise ValueError(f"local_factors must be in [0, n_factors={self.n_factors}], "
+                             f"got {self.local_factors}")
+        if self.slide_shift < 0:
+            raise ValueError(f"slide_shift must be >= 0, got {self.slide_shift}")
         if min(self.pathways_per_factor, self.genes_per_pathway) < 1:
             raise ValueError("pathways_per_factor and genes_per_pathway must be >= 1")
 
@@ -185,9 +222,13 @@ def _design(n_cases: int, knobs: SignalKnobs, rng: np.random.Generator) -> _Desi
                    latent, z)
 
 
-def _planted_shares(z_case: np.ndarray, knobs: SignalKnobs, rng: np.random.Generator) -> np.ndarray:
-    """``(K,)`` share of a slide's patches (or tissue) planted per factor."""
-    noisy = z_case + knobs.histology_noise * rng.standard_normal(len(z_case))
+def _planted_shares(
+    z_case: np.ndarray, knobs: SignalKnobs, rng: np.random.Generator, local: int = 0
+) -> np.ndarray:
+    """``(K,)`` share of a slide's patches (or tissue) planted per factor; the first ``local``
+    factors do not set their share (it is noise only)."""
+    signal = np.where(np.arange(len(z_case)) < local, 0.0, z_case)
+    noisy = signal + knobs.histology_noise * rng.standard_normal(len(z_case))
     return 2.0 * knobs.planted_fraction / (1.0 + np.exp(-noisy))
 
 
@@ -216,6 +257,9 @@ class FeatureCohort:
     latent : ``case_id, z0..z{K-1}, risk`` (the truth).
     planted : slide id -> ``(n_patches,)`` int, factor planted in each 20x patch (-1 = none).
     knobs : the :class:`SignalKnobs` used.
+    type_directions : ``(K, d)`` unit direction each factor's subpopulation is shifted along.
+    local_directions : ``(local_factors, d)`` unit direction of the local factors' shift
+        (orthonormal to each other and to ``type_directions``).
     root : output folder when written (``cohort.csv``, ``omics.csv``, ``gene_sets.gmt``,
         ``latent.csv``, ``planted.csv``, ``features/`` zarr store), else ``None``.
     """
@@ -227,6 +271,8 @@ class FeatureCohort:
     latent: pd.DataFrame
     planted: dict[str, np.ndarray]
     knobs: SignalKnobs
+    type_directions: np.ndarray
+    local_directions: np.ndarray
     root: Path | None = None
 
     @property
@@ -313,21 +359,25 @@ def make_feature_cohort(
     out_dir : folder to write (atomically: all or nothing), or ``None`` to keep it in memory.
     n_cases : number of cases (>= 4).
     n_patches : mean 20x patches per slide (each slide has 75-125 % of it, at least 8).
-    feat_dim : patch feature dimension ``d`` (>= n_factors).
+    feat_dim : patch feature dimension ``d`` (>= n_factors + local_factors).
     seed : everything random derives from it.
     knobs : :class:`SignalKnobs`; keyword overrides (``omics_signal=0.5`` ...) apply on top.
     with_10x : also store 10x features (mean of the 2x2 20x patches under each 10x patch).
     overwrite : replace an existing ``out_dir``.
     """
     knobs = _knobs(knobs, knob_overrides)
-    if feat_dim < knobs.n_factors:
-        raise ValueError(f"feat_dim ({feat_dim}) must be >= n_factors ({knobs.n_factors})")
+    k, n_local = knobs.n_factors, knobs.local_factors
+    if feat_dim < k + n_local:
+        raise ValueError(f"feat_dim ({feat_dim}) must be >= n_factors + local_factors "
+                         f"({k} + {n_local})")
     if out_dir is not None:
         check_writable(out_dir, overwrite=overwrite)
     rng = np.random.default_rng(seed)
     design = _design(n_cases, knobs, rng)
-    basis = np.linalg.qr(rng.standard_normal((feat_dim, knobs.n_factors)))[0]
-    directions = basis.T  # (K, d) orthonormal
+    basis = np.linalg.qr(rng.standard_normal((feat_dim, k + n_local)))[0].T  # orthonormal rows
+    directions, local_dirs = basis[:k], basis[k:]
+    # the per-slide shift lives in the orthogonal complement of the signal directions (or not)
+    keep_shift = np.eye(feat_dim) - (0.0 if knobs.slide_shift_in_signal else basis.T @ basis)
     z_of = dict(zip(design.latent["case_id"], design.z))
 
     arrays: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -335,11 +385,14 @@ def make_feature_cohort(
     for case_id, slide_id in design.slides.itertuples(index=False):
         n = max(8, int(rng.integers(int(0.75 * n_patches), int(1.25 * n_patches) + 1)))
         cells = _grid_blob(n, rng)
-        factor_of = _plant_clusters(cells, _planted_shares(z_of[case_id], knobs, rng), rng)
-        batch_effect = 0.3 * rng.standard_normal(feat_dim)  # per-slide shift, as staining
-        feats = rng.standard_normal((n, feat_dim)) + batch_effect
+        z_case = z_of[case_id]
+        factor_of = _plant_clusters(cells, _planted_shares(z_case, knobs, rng, n_local), rng)
+        slide_shift = keep_shift @ (knobs.slide_shift * rng.standard_normal(feat_dim))
+        feats = rng.standard_normal((n, feat_dim)) + slide_shift
         hit = factor_of >= 0
         feats[hit] += knobs.histology_signal * directions[factor_of[hit]]
+        for j in range(n_local):
+            feats[factor_of == j] += knobs.local_signal * z_case[j] * local_dirs[j]
         coords = (cells * PATCH_SIZE).astype(np.int64)
         feats = feats.astype(np.float32)
         arrays[slide_id] = {"20x": {"feats": feats, "coords": coords}}
@@ -349,7 +402,7 @@ def make_feature_cohort(
         planted[slide_id] = factor_of
     features = {sid: _memory_features(sid, a, seed) for sid, a in arrays.items()}
     result = FeatureCohort(_cohort_table(design), design.expression, design.gene_sets, features,
-                           design.latent, planted, knobs)
+                           design.latent, planted, knobs, directions, local_dirs)
     if out_dir is None:
         return result
 
@@ -371,6 +424,49 @@ def make_feature_cohort(
         table.to_csv(tmp / "planted.csv", index=False)
     result.root = root
     return result
+
+
+def slide_oracle_features(cohort: FeatureCohort) -> pd.DataFrame:
+    """What a slide-only oracle that knows the planted truth can measure, per case.
+
+    For each factor ``k``: ``share_k``, the share of the case's 20x patches planted with ``k``;
+    for each local factor also ``shift_k``, the mean projection on the local direction ``u_k``
+    of the planted patches minus that of the unplanted ones (an estimate of
+    ``local_signal * z_k``; 0 when the case has no such patch or no unplanted patch). Only the
+    features and the planted patch labels are read, never the latent factors, so a model fitted
+    on these columns bounds what the slides can tell.
+
+    Returns
+    -------
+    DataFrame indexed by ``case_id`` (cohort order), columns ``share_0..``, ``shift_0..``.
+    """
+    k = cohort.knobs.n_factors
+    n_local = len(cohort.local_directions)
+    case_of = cohort.cohort.drop_duplicates("slide_id").set_index("slide_id")["case_id"]
+    counts = {}
+    for slide_id, factor_of in cohort.planted.items():
+        case_id = case_of[slide_id]
+        proj = cohort.features[slide_id].feats("20x") @ cohort.local_directions.T  # (n, L)
+        c = counts.setdefault(case_id, {"n": 0, "hits": np.zeros(k), "sums": np.zeros((k + 1,
+                                                                                    n_local))})
+        c["n"] += len(factor_of)
+        for f in range(-1, k):
+            sel = factor_of == f
+            if f >= 0:
+                c["hits"][f] += sel.sum()
+            c["sums"][f] += proj[sel].sum(0)  # row -1 (last) = unplanted patches
+    rows = {}
+    for case_id, c in counts.items():
+        row = {f"share_{f}": c["hits"][f] / c["n"] for f in range(k)}
+        n_none = c["n"] - c["hits"].sum()
+        for j in range(n_local):
+            if c["hits"][j] == 0 or n_none == 0:
+                row[f"shift_{j}"] = 0.0
+            else:
+                row[f"shift_{j}"] = c["sums"][j, j] / c["hits"][j] - c["sums"][-1, j] / n_none
+        rows[case_id] = row
+    order = cohort.cohort["case_id"].drop_duplicates()
+    return pd.DataFrame.from_dict(rows, orient="index").loc[order].rename_axis("case_id")
 
 
 @dataclass
