@@ -86,6 +86,18 @@ def main() -> None:
         per_fold = ", ".join(f"{f['test'][name][metric]:.3f}" for f in result.metrics["folds"])
         print(f"| {name} | {summary[f'{metric}_mean']:.3f} | {summary[f'{metric}_std']:.3f} "
               f"| {per_fold} |")
+    _print_reference_rows(data, cohort)
+
+
+def _print_reference_rows(data: CohortData, cohort) -> None:
+    """Reference rows on the same folds (``methods.baselines.pooled``): oracle, mean-pool models."""
+    import numpy as np
+
+    from histokd_core.methods.baselines.pooled import reference_rows
+
+    for name, values in reference_rows(data, cohort).items():
+        print(f"| {name} (reference) | {np.mean(values):.3f} | {np.std(values):.3f} "
+              f"| {', '.join(f'{v:.3f}' for v in values)} |")
 
 
 if __name__ == "__main__":
