@@ -150,7 +150,7 @@ def site_separability(x: np.ndarray, site: np.ndarray, repeats: int = 5) -> dict
 
 
 def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, name: str,
-                 tag: str) -> list[dict]:
+                 tag: str, n_folds: int = 5) -> list[dict]:
     """Per (seed, fold): C-index of the student on site A's test fold and on all of site B."""
     import pandas as pd
 
@@ -166,16 +166,16 @@ def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, 
     b_cases = sorted(c for c, s in site_of.items() if s == "B")
     rows = []
     for seed in seeds:
-        folds_a = make_folds(load_cohort(a_csv), n_folds=5, seed=seed)
+        folds_a = make_folds(load_cohort(a_csv), n_folds=n_folds, seed=seed)
         extra = pd.DataFrame([{"fold": f, "case_id": c, "split": "test"}
-                              for f in range(5) for c in b_cases])
+                              for f in range(n_folds) for c in b_cases])
         folds = Folds(pd.concat([folds_a.assignments, extra], ignore_index=True))
         cohort_data = CohortData(data / "cohort.csv", feats, omics=data / "omics.csv",
                                  gene_sets=data / "gene_sets.gmt", folds=folds)
         run_dir = out / "runs" / tag / f"{name}_seed{seed}"
         config = TrainConfig(epochs=epochs, lr=5e-4, device="cpu", seed=seed)
         run_cv(METHOD, None, cohort_data, run_dir, config, resume=run_dir.exists())
-        for fold in range(5):
+        for fold in range(n_folds):
             pred = pd.read_csv(run_dir / f"fold_{fold}" / "predictions.csv")
             pred = pred[pred["model"] == "student"]
             pred["site"] = pred["case_id"].map(site_of)
@@ -191,7 +191,7 @@ def mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def report(out: Path, seeds: int, encoder: str) -> None:
+def report(out: Path, seeds: int, encoder: str, n_folds: int = 5) -> None:
     """Merge ``results_*.json`` of the runs and print the table (paired differences to none)."""
     results, rows, extract_s, args = {}, [], {}, {}
     for path in sorted(out.glob(f"results_{encoder}_*.json")):
@@ -202,14 +202,14 @@ def report(out: Path, seeds: int, encoder: str) -> None:
         args = part["args"]
     by = {(r["features"], r["seed"], r["fold"]): r["gap"] for r in rows}
     for name in results:
-        diffs = [by[(name, s, f)] - by[("none", s, f)] for s in range(seeds) for f in range(5)
+        diffs = [by[(name, s, f)] - by[("none", s, f)] for s in range(seeds) for f in range(n_folds)
                  if (name, s, f) in by and ("none", s, f) in by]
         if len(diffs) > 1:
             results[name]["gap_minus_none"], results[name]["gap_minus_none_se"] = mean_se(diffs)
     (out / f"results_{encoder}.json").write_text(json.dumps({"results": results, "rows": rows,
                                                   "extract_s": extract_s}, indent=1))
     print(f"\n{encoder} features; {args.get('cases')} cases, site B re-stained with StainShift.tilted({args.get('shift')}); "
-          f"{seeds} seeds x 5 folds; mean +- SE")
+          f"{seeds} seeds x {n_folds} folds; mean +- SE")
     print("| features | site AUC (0.5 = same) | site-mean distance | student C, site A test | "
           "student C, site B | gap A - B | gap - gap(none), paired |")
     print("|---|---|---|---|---|---|---|")
@@ -232,6 +232,7 @@ def main() -> None:
     p.add_argument("--shift", type=float, default=1.0, help="StainShift.tilted strength of site B")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--folds", type=int, default=5, help="folds of site A (train/val/test)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--encoder", default="efficientnet-lite0", help="patch encoder spec")
     p.add_argument("--seed", type=int, default=0, help="cohort and site assignment seed")
@@ -241,7 +242,7 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="only merge results_*.json and print")
     args = p.parse_args()
     if args.report:
-        report(args.out, args.seeds, args.encoder)
+        report(args.out, args.seeds, args.encoder, args.folds)
         return
     import torch
 
@@ -265,7 +266,7 @@ def main() -> None:
         feats = args.out / "features" / args.encoder / name
         results[name] = site_separability(slide_means(feats, slide_ids), site)
         rows = student_gaps(args.out, data, feats, sites, range(args.seeds), args.epochs, name,
-                            args.encoder)
+                            args.encoder, args.folds)
         all_rows += rows
         for key in ("c_a", "c_b", "gap"):
             results[name][key], results[name][key + "_se"] = mean_se([r[key] for r in rows])

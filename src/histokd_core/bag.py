@@ -75,6 +75,13 @@ class DataInfo:
     bin_edges : survival-time bin edges (months) fitted on the training fold, length n_bins + 1.
     has_10x : whether bags carry a second (10x) magnification.
     encoder_id : id of the patch encoder that produced the features.
+    stain : stain normalisation of the features: ``"none"`` or a reference id
+        (``"macenko:<12 hex>"``, :attr:`histokd_core.features.stain.StainReference.id`).
+    stain_reference : that reference's parameters
+        (:meth:`histokd_core.features.stain.StainReference.to_attrs`; empty for ``"none"``), so
+        that a new slide can be normalised the same way.
+    preprocessing : the features' preprocessing version
+        (:data:`histokd_core.features.store.PREPROCESSING_VERSION`; 1 for stores that predate it).
     """
 
     task: Task
@@ -89,3 +96,6 @@ class DataInfo:
     bin_edges: list[float] = field(default_factory=list)
     has_10x: bool = False
     encoder_id: str = ""
+    stain: str = "none"
+    stain_reference: dict = field(default_factory=dict)
+    preprocessing: int = 1

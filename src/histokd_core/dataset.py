@@ -23,7 +23,7 @@ from histokd_core.bag import Bag, DataInfo
 from histokd_core.cohort import Cohort, Folds, load_cohort, make_folds
 from histokd_core.errors import DataError
 from histokd_core.features.slide_features import SlideFeatures, slide_id_of
-from histokd_core.features.store import open_features
+from histokd_core.features.store import open_features, store_identity
 from histokd_core.omics.gene_sets import read_gene_sets
 from histokd_core.omics.hvg import select_hvg
 from histokd_core.omics.normalize import Standardizer
@@ -193,6 +193,7 @@ class CohortData:
             raise DataError(
                 f"{self._source}: slides were encoded with different encoders {sorted(encoders)}")
         self.encoder_id = encoders.pop()
+        self._check_provenance()
         slides = self._slides.values()
         self.has_10x = self.use_10x and all("10x" in sf.magnifications for sf in slides)
         dims = {int(sf.attrs["feat_dim"]) for sf in slides if sf.attrs.get("feat_dim")}
@@ -204,6 +205,25 @@ class CohortData:
             self.feat_dim = dims.pop()
         else:
             self.feat_dim = int(self.case_features(self.cohort.case_ids[0]).feats.shape[1])
+
+    def _check_provenance(self) -> None:
+        """Slides must share one stain normalisation and preprocessing version (their features
+        are otherwise shifted against each other); sets ``stain``, ``stain_reference`` and
+        ``preprocessing`` for :class:`DataInfo`."""
+        groups: dict[tuple, list[str]] = {}
+        for slide_id, sf in self._slides.items():
+            have = store_identity(sf.attrs)
+            groups.setdefault((have["stain"], have["preprocessing"]), []).append(slide_id)
+        if len(groups) > 1:
+            listing = "; ".join(
+                f"stain {st}, preprocessing {pp}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+                for (st, pp), ids in groups.items())
+            raise DataError(
+                f"{self._source}: slides were extracted with different stain normalisations or "
+                f"preprocessing versions ({listing}); extract them again with one setting "
+                "(histokd extract --overwrite)")
+        (self.stain, self.preprocessing), = groups
+        self.stain_reference = dict(next(iter(self._slides.values())).attrs.get("stain_reference") or {})
 
     def case_features(self, case_id: str) -> _CaseFeatures:
         """Concatenated features of a case's slides (read once, then cached)."""
@@ -280,7 +300,8 @@ class CohortData:
             raise DataError(f"fold {i} has no training cases")
         cases = self.cohort.cases
         info = DataInfo(task=self.task, feat_dim=self.feat_dim,
-                        has_10x=self.has_10x, encoder_id=self.encoder_id)
+                        has_10x=self.has_10x, encoder_id=self.encoder_id, stain=self.stain,
+                        stain_reference=self.stain_reference, preprocessing=self.preprocessing)
 
         edges: list[float] = []
         if self.task == "survival":

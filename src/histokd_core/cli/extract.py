@@ -45,14 +45,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="local dask worker processes (default 2; ignored with --scheduler)")
     p.add_argument("--loader-workers", type=int, default=2, help="tile-reading processes per slide (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, mps")
-    p.add_argument("--overwrite", action="store_true", help="replace features made with another encoder")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="extract again the slides whose stored features were made with another encoder, "
+        "stain setting or preprocessing version",
+    )
     p.add_argument(
         "--stain", choices=("none", "macenko", "reinhard"), default="none",
         help="stain-normalise patches to one reference fitted once on this cohort (default none)",
     )
     p.add_argument(
         "--stain-reference", type=Path, default=None,
-        help="stain_reference.json to normalise to (e.g. the training cohort's, for an external cohort)",
+        help="stain_reference.json to normalise to (e.g. the training cohort's, for an external "
+        "cohort), or a trained checkpoint (.safetensors): the reference its features were made with",
     )
     return p
 

@@ -161,8 +161,12 @@ def extract_cohort(
         reference, fitted once here (or loaded, see
         :func:`histokd_core.features.stain.cohort_reference`) and stored at the store root and in
         every slide's attrs.
-    stain_reference : a reference file to use instead of fitting one (e.g. the training
-        cohort's ``stain_reference.json`` when extracting an external cohort).
+    stain_reference : a reference to use instead of fitting one (e.g. the training cohort's
+        ``stain_reference.json`` or the trained checkpoint, when extracting an external cohort).
+
+    A store whose slides were extracted with another stain setting or preprocessing version
+    (:func:`histokd_core.features.store.check_store`) is refused before anything is extracted;
+    with ``overwrite`` those of its slides that are in ``slides`` are extracted again.
 
     Returns
     -------
@@ -172,7 +176,8 @@ def extract_cohort(
 
     from histokd_core.features.encoders import check_spec
     from histokd_core.features.slide_features import mag_to_mpp, slide_id_of
-    from histokd_core.features.stain import cohort_reference
+    from histokd_core.features.stain import resolve_reference, save_reference, stain_id
+    from histokd_core.features.store import PREPROCESSING_VERSION, check_store
 
     if not slides:
         raise DataError("extract: no slide given")
@@ -186,10 +191,12 @@ def extract_cohort(
     if root.exists() and not root.is_dir():
         raise DataError(f"extract: output {root} exists and is not a folder")
     root.mkdir(parents=True, exist_ok=True)
-    reference = cohort_reference(
-        paths, stain, root, stain_reference, target_mpp=mag_to_mpp(magnifications[0]),
+    reference = resolve_reference(
+        paths, stain, root, stain_reference, overwrite, target_mpp=mag_to_mpp(magnifications[0]),
         patch_px=patch_px, mpp=mpp,
     )
+    check_store(root, {"stain": stain_id(reference), "preprocessing": PREPROCESSING_VERSION}, ids, overwrite)
+    save_reference(root, reference, overwrite)
     n_workers = max(1, min(int(n_workers), len(paths)))
     threads = max(1, (os.cpu_count() or 1) // n_workers) if not scheduler else None
     options = dict(

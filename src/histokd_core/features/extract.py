@@ -5,8 +5,8 @@ patches in parallel with the model; the main process only encodes. For every req
 magnification :func:`extract_slide` builds a tissue patch grid
 (:func:`histokd_core.slide.patch_grid`), encodes it and writes it atomically
 (:func:`histokd_core.features.store.write_slide_features`). Re-running skips a slide whose stored
-attributes (encoder id, weights hash, patch size) match and that is complete; after a crash only
-the magnifications not yet written are computed.
+attributes (encoder id, weights hash, patch size, stain normalisation, preprocessing version)
+match and that is complete; after a crash only the magnifications not yet written are computed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from histokd_core.features.stain import StainNormalizer, StainReference
 from histokd_core.features.store import (
     IDENTITY_DEFAULTS,
     IDENTITY_KEYS,
+    PREPROCESSING_VERSION,
     mark_complete,
     read_slide_attrs,
     slide_group_path,
@@ -308,6 +309,7 @@ def extract_slide(
         "weights_hash": encoder.weights_hash,
         "patch_px": int(patch_px),
         "stain": stain.id if stain is not None else "none",
+        "preprocessing": PREPROCESSING_VERSION,
     }
     group = slide_group_path(root, slide_id)
     existing = read_slide_attrs(root, slide_id)

@@ -12,7 +12,8 @@ Normalising maps every patch onto one *reference* appearance:
 The reference is fitted **once per cohort** (:func:`cohort_reference`: a mosaic of tissue patches
 sampled from every slide of the cohort), stored as ``stain_reference.json`` at the feature-store
 root and in every slide group's attrs, and reused on resume; an external cohort is normalised to
-the training cohort's reference by passing that file (``--stain-reference``).
+the training cohort's reference by passing that file or the trained checkpoint, which records
+the reference its features were made with (``--stain-reference``, :func:`load_reference`).
 
 torchstain implements both methods (ported from the reference implementations) and is
 maintained on PyPI; it runs on torch, which the project already needs.
@@ -228,6 +229,145 @@ def sample_tissue_tiles(
     return np.stack(tiles)
 
 
+def stain_id(reference: StainReference | None) -> str:
+    """The ``stain`` attribute of features normalised to ``reference`` (``"none"`` without one)."""
+    return reference.id if reference is not None else "none"
+
+
+def reference_from_meta(meta: dict[str, Any], where: str) -> StainReference | None:
+    """The stain reference a checkpoint's features were normalised to (``None``: not normalised).
+
+    ``meta`` is the checkpoint metadata; its ``data_info`` records ``stain`` (the features'
+    :func:`stain_id`) and ``stain_reference`` (:meth:`StainReference.to_attrs`). A checkpoint
+    written before these were recorded was trained on unnormalised features.
+    """
+    info = meta.get("data_info", {}) if isinstance(meta, dict) else {}
+    stain = str(info.get("stain", "none"))
+    if stain == "none":
+        return None
+    attrs = info.get("stain_reference") or {}
+    if not attrs:
+        raise DataError(f"{where}: trained on features normalised with {stain}, but the reference "
+                        "parameters are not recorded")
+    ref = StainReference.from_attrs(attrs, where=f"{where} (stain reference)")
+    if ref.id != stain:
+        raise DataError(f"{where}: records stain {stain} but its reference parameters give {ref.id}")
+    return ref
+
+
+def load_reference(path: str | os.PathLike) -> StainReference | None:
+    """A stain reference from a ``stain_reference.json``, a checkpoint (``.safetensors``) or the
+    checkpoint's ``.json`` beside it. ``None`` for a checkpoint trained on unnormalised features.
+
+    Raises :class:`DataError` naming the file when it is missing, unreadable or malformed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such stain reference file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="np") as f:
+                attrs = json.loads((f.metadata() or {})["histokd"])
+        else:
+            attrs = json.loads(path.read_text())
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: cannot read the stain reference ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(attrs, dict):
+        raise DataError(f"{path}: not a stain reference (a JSON object was expected)")
+    if "data_info" in attrs:  # checkpoint metadata
+        return reference_from_meta(attrs, str(path))
+    return StainReference.from_attrs(attrs, where=str(path))
+
+
+def resolve_reference(
+    slides: Sequence[str | os.PathLike],
+    method: str,
+    root: str | os.PathLike | None = None,
+    reference_file: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    per_slide: int = 16,
+    target_mpp: float = 0.5,
+    patch_px: int = 256,
+    mpp: float | None = None,
+    seed: int = 0,
+) -> StainReference | None:
+    """The stain reference an extraction into ``root`` uses, without writing it.
+
+    Order: ``reference_file`` if given (:func:`load_reference`: e.g. the training cohort's
+    ``stain_reference.json`` or the trained checkpoint itself); else ``<root>/stain_reference.json``
+    from an earlier run (resume); else fitted on ``per_slide`` random tissue patches of every slide.
+    ``None`` for ``method="none"``. A stored reference of another method, or one stored where
+    ``"none"`` is asked, is a :class:`DataError` (features of one store share one normalisation)
+    unless ``overwrite`` (the store's slides are then to be extracted again).
+    """
+    check_method(method)
+    stored = Path(root) / REFERENCE_FILE if root is not None else None
+    stored_ref = None
+    if stored is not None and stored.is_file():
+        stored_ref = load_reference(stored)
+    if method == "none":
+        if reference_file is not None:
+            given = load_reference(reference_file)
+            if given is not None:
+                raise DataError(f"{reference_file}: holds a {given.method} stain reference, but --stain none was asked")
+        if stored_ref is not None and not overwrite:
+            raise DataError(
+                f"{stored}: the feature store's features are normalised with {stored_ref.id}; "
+                "--stain none would mix unnormalised features into it: use another output folder, "
+                f"--stain {stored_ref.method}, or --overwrite to extract its slides again"
+            )
+        return None
+    if reference_file is not None:
+        ref = load_reference(reference_file)
+        if ref is None:
+            raise DataError(f"{reference_file}: the model was trained on features without stain "
+                            f"normalisation, but --stain {method} was asked; use --stain none")
+        if ref.method != method:
+            raise DataError(f"{reference_file}: holds a {ref.method} stain reference, but --stain {method} was asked")
+        return ref
+    if stored_ref is not None:
+        if stored_ref.method == method:
+            return stored_ref
+        if not overwrite:
+            raise DataError(f"{stored}: holds a {stored_ref.method} stain reference, but --stain {method} was asked")
+    tiles = [sample_tissue_tiles(s, per_slide, target_mpp, patch_px, mpp, seed + i) for i, s in enumerate(slides)]
+    tiles = [t for t in tiles if len(t)]
+    if not tiles:
+        raise DataError("stain reference: no tissue patch found in any slide")
+    source = f"{len(tiles)} slides x up to {per_slide} tissue patches at {target_mpp} um/px, seed {seed}"
+    ref = fit_reference(np.concatenate(tiles), method, source)
+    log.info("stain reference %s fitted on %s", ref.id, source)
+    return ref
+
+
+def save_reference(root: str | os.PathLike, reference: StainReference | None, overwrite: bool = False) -> None:
+    """Keep ``reference`` as ``<root>/stain_reference.json`` (atomic; nothing for ``None``).
+
+    Another reference already there is a :class:`DataError` naming both, unless ``overwrite``
+    (it is then replaced; with ``reference=None`` removed).
+    """
+    from histokd_core.io import atomic_write_text
+
+    path = Path(root) / REFERENCE_FILE
+    if path.is_file():
+        old = load_reference(path)
+        if reference is not None and old is not None and old.id == reference.id:
+            return
+        if not overwrite:
+            raise DataError(
+                f"{path}: the feature store already holds the stain reference {old.id if old else '?'}, "
+                f"not {stain_id(reference)}; use another output folder so features normalised "
+                "differently are not mixed"
+            )
+        if reference is None:
+            path.unlink()
+    if reference is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(reference.to_attrs(), indent=1))
+
+
 def cohort_reference(
     slides: Sequence[str | os.PathLike],
     method: str,
@@ -239,58 +379,10 @@ def cohort_reference(
     mpp: float | None = None,
     seed: int = 0,
 ) -> StainReference | None:
-    """The cohort's stain reference: loaded or fitted once, and kept at the store root.
-
-    Order: ``reference_file`` if given (e.g. the training cohort's, for an external cohort);
-    else ``<root>/stain_reference.json`` from an earlier run (resume); else fitted on
-    ``per_slide`` random tissue patches of every slide and written there atomically. Returns
-    ``None`` for ``method="none"``. A stored reference of another method is a
-    :class:`DataError` (features of one store must share one normalisation).
-    """
-    from histokd_core.io import atomic_write_text
-
-    check_method(method)
-    if method == "none":
-        if reference_file is not None:
-            raise DataError("--stain-reference given with --stain none; choose macenko or reinhard")
-        return None
-    stored = Path(root) / REFERENCE_FILE if root is not None else None
-    for path in (reference_file, stored):
-        if path is not None and Path(path).is_file():
-            try:
-                attrs = json.loads(Path(path).read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise DataError(f"{path}: cannot read the stain reference ({exc})") from exc
-            ref = StainReference.from_attrs(attrs, where=str(path))
-            if ref.method != method:
-                raise DataError(f"{path}: holds a {ref.method} stain reference, but --stain {method} was asked")
-            if path == reference_file and stored is not None:
-                _store(stored, ref, atomic_write_text)
-            return ref
-        if path is not None and path == reference_file:
-            raise DataError(f"{path}: no such stain reference file")
-    tiles = [sample_tissue_tiles(s, per_slide, target_mpp, patch_px, mpp, seed + i) for i, s in enumerate(slides)]
-    tiles = [t for t in tiles if len(t)]
-    if not tiles:
-        raise DataError("stain reference: no tissue patch found in any slide")
-    source = f"{len(tiles)} slides x up to {per_slide} tissue patches at {target_mpp} um/px, seed {seed}"
-    ref = fit_reference(np.concatenate(tiles), method, source)
-    if stored is not None:
-        _store(stored, ref, atomic_write_text)
-    log.info("stain reference %s fitted on %s", ref.id, source)
+    """The cohort's stain reference, loaded or fitted once (:func:`resolve_reference`) and kept
+    at ``<root>/stain_reference.json`` (:func:`save_reference`) when ``root`` is given."""
+    ref = resolve_reference(slides, method, root, reference_file, per_slide=per_slide,
+                            target_mpp=target_mpp, patch_px=patch_px, mpp=mpp, seed=seed)
+    if root is not None:
+        save_reference(root, ref)
     return ref
-
-
-def _store(path: Path, ref: StainReference, write) -> None:
-    if path.is_file():
-        try:
-            if json.loads(path.read_text()).get("id") == ref.id:
-                return
-        except (OSError, json.JSONDecodeError):
-            pass
-        raise DataError(
-            f"{path}: the feature store already holds another stain reference; use another output "
-            "folder so features normalised differently are not mixed"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write(path, json.dumps(ref.to_attrs(), indent=1))

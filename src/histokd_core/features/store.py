@@ -3,12 +3,15 @@
 Layout under a root directory::
 
     <root>/<slide_id>.zarr/              attrs: format, histokd_version, slide_id, encoder_id, weights_hash,
-                                                feat_dim, patch_px, mpp, slide_path,
+                                                feat_dim, patch_px, stain, stain_reference,
+                                                preprocessing, mpp, slide_path,
                                                 slide_dimensions, magnifications, complete
         20x/                             attrs: target_mpp, patch_size_level0, stride_level0, ...
             feats   (n, d)  float32      patch features
             coords  (n, 2)  int64        level-0 top-left (x, y) px
         10x/ ...
+    <root>/stain_reference.json          the stain reference of a normalised store
+                                         (:mod:`histokd_core.features.stain`)
 
 Each magnification sub-group is written under a temporary name and renamed into place
 (:func:`histokd_core.io.atomic_path`), and the group attributes are one file that zarr replaces
@@ -24,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +44,18 @@ log = logging.getLogger(__name__)
 FORMAT = "histokd-features-1"
 #: Attribute keys stored per magnification; all other attrs are stored per slide.
 MAG_ATTR_KEYS = frozenset({"target_mpp", "patch_size_level0", "stride_level0", "read_level", "n_patches"})
+#: Version of the pipeline from slide pixels to encoder input, stored as the ``preprocessing``
+#: attr. 1: stores written before the attr existed (until 2026-12-02 the encoder resized float32
+#: tiles; from then on CPU encoders resize in uint8, which moves inputs by up to 0.5/255 per
+#: pixel: such stores cannot be told apart and count as 1). 2: tiles rounded to uint8 after the
+#: resize to ``patch_px``, then resized to the encoder input in uint8 on CPU (float32 on CUDA).
+PREPROCESSING_VERSION = 2
 #: Slide attributes that must agree for stored features to be reused or extended.
-IDENTITY_KEYS = ("encoder_id", "weights_hash", "patch_px", "stain")
+IDENTITY_KEYS = ("encoder_id", "weights_hash", "patch_px", "stain", "preprocessing")
+#: Slide attributes that must agree across all slides of one store (see :func:`check_store`).
+STORE_KEYS = ("stain", "preprocessing")
 #: Value of an identity key in stores written before the key existed.
-IDENTITY_DEFAULTS = {"stain": "none"}
+IDENTITY_DEFAULTS = {"stain": "none", "preprocessing": 1}
 _CHUNK_ROWS = 4096
 
 
@@ -77,6 +88,57 @@ def read_slide_attrs(root: str | os.PathLike, slide_id: str) -> dict[str, Any] |
         return dict(zarr.open_group(path, mode="r").attrs)
     except Exception as exc:  # noqa: BLE001 - zarr raises many types on corrupt metadata
         raise DataError(f"{path}: corrupt feature store group ({type(exc).__name__}: {exc})") from exc
+
+
+def store_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`STORE_KEYS` of a slide group's attrs (defaults for stores that predate them)."""
+    return {k: attrs.get(k, IDENTITY_DEFAULTS[k]) for k in STORE_KEYS}
+
+
+def check_store(
+    root: str | os.PathLike,
+    identity: Mapping[str, Any],
+    slide_ids: Sequence[str],
+    overwrite: bool = False,
+) -> None:
+    """Refuse to add features made with another stain setting or preprocessing version to a store.
+
+    Every ``<root>/*.zarr`` group is compared on :data:`STORE_KEYS` with ``identity``. A group
+    that differs raises :class:`DataError` naming both settings and the slides, unless
+    ``overwrite`` and it is one of ``slide_ids`` (it is then extracted again); a differing group
+    of a slide outside ``slide_ids`` is always refused (the store would stay mixed).
+    """
+    want = {k: identity[k] for k in STORE_KEYS}
+    ids = {slide_id_of(s) for s in slide_ids}
+    other: dict[str, list[str]] = {}
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for group in sorted(root.glob("*.zarr")):
+        attrs = read_slide_attrs(root, group.name[: -len(".zarr")])
+        if attrs is None:
+            continue
+        have = store_identity(attrs)
+        if have != want:
+            other.setdefault(repr(have), []).append(group.name[: -len(".zarr")])
+    if not other:
+        return
+    stuck = sorted(s for names in other.values() for s in names if s not in ids)
+    if overwrite and not stuck:
+        return
+    listing = "; ".join(
+        f"{have}: {len(names)} slide(s) ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''})"
+        for have, names in other.items()
+    )
+    fix = (
+        f"these slides are not in this run, so --overwrite cannot re-extract them: "
+        f"{', '.join(stuck[:6])}{' ...' if len(stuck) > 6 else ''}; add them, or "
+        if overwrite else "pass --overwrite (overwrite=True) to extract these slides again, or "
+    )
+    raise DataError(
+        f"{root}: the feature store holds features made with {listing}, not {want}; mixing them "
+        f"would shift features between slides: {fix}use another output folder"
+    )
 
 
 def _matches(existing: Mapping[str, Any], attrs: Mapping[str, Any]) -> bool:

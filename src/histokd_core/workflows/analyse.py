@@ -65,7 +65,8 @@ def analyse_slide(
     features : a feature store folder, one ``.zarr``/``.h5``/``.pt`` file, or None to extract.
     slide_id : the slide's name in the store (default: the slide or feature file's name).
     slide_path : the slide file, needed to extract features now.
-    extract_to : store root for features extracted now (with the checkpoint's encoder).
+    extract_to : store root for features extracted now (with the checkpoint's encoder, and its
+        stain normalisation to the reference recorded in it).
     device : "auto" (CUDA when present), "cpu", "cuda".
     progress : receives ``"message"`` :class:`~histokd_core.progress.ProgressEvent` s
         (``fraction`` 0..1 and a status line).
@@ -96,6 +97,8 @@ def analyse_slide(
         if slide_path is None or extract_to is None:
             raise DataError("features: choose a feature store, or a slide and a folder to extract into")
         from histokd_core.features import extract_slide, get_encoder, spec_from_id
+        from histokd_core.features.stain import reference_from_meta, save_reference, stain_id
+        from histokd_core.features.store import PREPROCESSING_VERSION, check_store
 
         encoder_id = meta.get("encoder_id") or meta.get("data_info", {}).get("encoder_id")
         if not encoder_id:
@@ -109,17 +112,22 @@ def analyse_slide(
                 "original encoder and choose that feature store"
             )
         slide_id = slide_id or slide_id_of(Path(slide_path).name)
+        # the model's stain normalisation, with the reference its training features were made with
+        reference = reference_from_meta(meta, str(checkpoint))
+        check_store(extract_to, {"stain": stain_id(reference), "preprocessing": PREPROCESSING_VERSION},
+                    [slide_id])
+        save_reference(extract_to, reference)
 
         def extract_progress(done: int, total: int) -> None:
             step(0.1 + 0.6 * done / max(total, 1), f"extracting features {done}/{total}")
 
         mags = ("20x", "10x") if meta.get("data_info", {}).get("has_10x") else ("20x",)
         extract_slide(slide_path, extract_to, encoder, magnifications=mags, slide_id=slide_id,
-                      progress=extract_progress)
+                      progress=extract_progress, stain=reference)
         features = Path(extract_to)
     features = Path(features)
     step(0.75, "reading features")
-    bag, _ = read_slide_bag(features, slide_id, meta)
+    bag, _ = read_slide_bag(features, slide_id, meta, checkpoint)
     step(0.8, f"explaining {bag.feats.shape[0]} patches")
     expl = explain_bag(model, bag, dev)
     if expl.risk_group is None:

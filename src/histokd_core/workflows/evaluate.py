@@ -30,7 +30,9 @@ def evaluate_run(
 ) -> dict:
     """Score an external cohort with a run's trained slide-only models (no omics, no fine-tuning).
 
-    Every fold's checkpoint of every slide-only reported stage predicts every case of ``cohort``.
+    Every fold's checkpoint of every slide-only reported stage predicts every case of ``cohort``;
+    features made with another stain normalisation than the checkpoint's are refused
+    (:func:`~histokd_core.workflows.inference.check_provenance`).
     Writes ``out/metrics.json`` (per fold, their summary, and the fold ensemble: the mean of
     per-fold rank-normalised risks, or of class probabilities), ``out/predictions.csv`` (the
     ensemble's score per case) and, for survival, ``out/km.png`` of the ensemble's median split.
@@ -58,6 +60,7 @@ def evaluate_run(
     from histokd_core.survival.km import km_logrank, plot_km
     from histokd_core.train import load_model, predict_bags, score
     from histokd_core.train.results import ensemble_outputs, summarize, write_predictions
+    from histokd_core.workflows.inference import check_provenance
 
     run, cohort = Path(run), Path(cohort)
     token = CancelToken.of(cancel)
@@ -96,6 +99,7 @@ def evaluate_run(
                     f"{features}: features have d = {data.feat_dim}, {ckpt} expects "
                     f"d = {meta['data_info']['feat_dim']} (encoder {meta.get('encoder_id')})"
                 )
+            check_provenance(data.stain, data.preprocessing, meta, features, ckpt)
             outputs = predict_bags(model, bags, dev)
             test[stage] = score(outputs, task)
             per_model.setdefault(stage, []).append(outputs)

@@ -29,9 +29,47 @@ def load_slide_model(checkpoint: str | os.PathLike, device: torch.device) -> tup
     return model, meta
 
 
-def read_slide_bag(features: str | os.PathLike, slide_id: str | None, meta: dict) -> tuple[Bag, SlideFeatures]:
+def check_provenance(
+    stain: str, preprocessing: int, meta: dict, features: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+) -> None:
+    """Features made with the stain normalisation and preprocessing the model was trained on.
+
+    ``stain`` / ``preprocessing`` are the features' (:func:`histokd_core.features.store.
+    store_identity`), ``meta`` the checkpoint's metadata. Another stain normalisation is a
+    :class:`DataError` naming both and how to extract the slides the model's way; another
+    preprocessing version (inputs moved by at most 0.5/255 per pixel) is a warning.
+    """
+    info = meta.get("data_info", {})
+    model = f"{checkpoint}" if checkpoint is not None else f"the model ({meta.get('stage', 'checkpoint')})"
+    want = str(info.get("stain", "none"))
+    if str(stain) != want:
+        method = want.split(":")[0]
+        how = (f"--stain {method} --stain-reference {checkpoint if checkpoint is not None else '<checkpoint>'}"
+               if want != "none" else "--stain none")
+        raise DataError(
+            f"{features}: features were made with stain normalisation {stain}, but {model} was "
+            f"trained on features with stain normalisation {want}; extract the slides again with "
+            f"`histokd extract {how}` into another folder"
+        )
+    trained = int(info.get("preprocessing", 1))
+    if int(preprocessing) != trained:
+        log.warning(
+            "%s: features were made with preprocessing version %s, %s was trained on version %s "
+            "(encoder inputs differ by up to 0.5/255 per pixel); extract again for identical inputs",
+            features, preprocessing, model, trained,
+        )
+
+
+def read_slide_bag(
+    features: str | os.PathLike, slide_id: str | None, meta: dict,
+    checkpoint: str | os.PathLike | None = None,
+) -> tuple[Bag, SlideFeatures]:
     """The slide's :class:`Bag` (10x too when the model was trained with it), checked against the
-    feature dimension and encoder the checkpoint's ``meta`` records."""
+    feature dimension, encoder, stain normalisation and preprocessing (:func:`check_provenance`)
+    the checkpoint's ``meta`` records."""
+    from histokd_core.features.store import store_identity
+
     from histokd_core.dataset import slide_bag
 
     info = meta.get("data_info", {})
@@ -45,6 +83,8 @@ def read_slide_bag(features: str | os.PathLike, slide_id: str | None, meta: dict
     enc = str(sf.attrs.get("encoder_id") or "")
     if enc and meta.get("encoder_id") and enc != meta["encoder_id"]:
         log.warning("features come from encoder %s, the model was trained on %s", enc, meta["encoder_id"])
+    have = store_identity(sf.attrs)
+    check_provenance(have["stain"], have["preprocessing"], meta, sf.source, checkpoint)
     return bag, sf
 
 

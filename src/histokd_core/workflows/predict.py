@@ -158,7 +158,7 @@ def _predict(model, meta: dict, checkpoint, features, slide_id: str | None, out:
     from histokd_core.io import atomic_path, atomic_write_text
     from histokd_core.workflows.inference import read_slide_bag
 
-    bag, _ = read_slide_bag(features, slide_id, meta)
+    bag, _ = read_slide_bag(features, slide_id, meta, checkpoint)
     with torch.no_grad():
         expl = model.explain(bag.to(dev))
         pred = model.predict(bag.to(dev))
