@@ -150,6 +150,23 @@ def test_predict_writes_patch_attention(run_dir, cohort_dir, tmp_path, capsys):
     assert "needs omics" in capsys.readouterr().err
 
 
+def test_predict_writes_one_qupath_detection_per_patch(run_dir, cohort_dir, tmp_path, capsys):
+    out, qp = tmp_path / "maps.csv", tmp_path / "maps.geojson"
+    rc = main(["predict", "--checkpoint", str(run_dir / "fold_0" / "abmil.safetensors"),
+               "--features", str(cohort_dir / "features"), "--slide-id", "SYN-0003-S1",
+               "--out", str(out), "--qupath", str(qp)])
+    assert rc == 0
+    table = pd.read_csv(out)
+    feats = json.loads(qp.read_text(encoding="utf-8"))["features"]
+    assert len(feats) == len(table)
+    for f, row in zip(feats, table.itertuples()):
+        x, y, p = row.x, row.y, row.patch_size
+        assert f["properties"]["objectType"] == "detection"
+        assert f["geometry"]["coordinates"][0][0] == [x, y]
+        assert f["geometry"]["coordinates"][0][2] == [x + p, y + p]
+        assert f["properties"]["measurements"]["attention"] == pytest.approx(row.attention, rel=1e-5)
+
+
 def test_predict_all_slides_of_a_store(run_dir, cohort_dir, tmp_path, capsys):
     from histokd_core.features import available_slide_ids
 

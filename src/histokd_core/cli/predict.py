@@ -38,6 +38,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="predict every slide of the store or folder; --out is then a folder",
     )
     p.add_argument("--out", type=Path, required=True, help="per-patch CSV to write (a folder with --all-slides)")
+    p.add_argument(
+        "--qupath",
+        type=Path,
+        default=None,
+        help="also write a QuPath GeoJSON with one detection per patch (level-0 square, every map "
+        "in its measurements, cluster classes with colours); one slide only",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p
@@ -49,12 +56,14 @@ def run(args: argparse.Namespace) -> int:
     if args.all_slides:
         if args.slide_id is not None:
             raise ConfigError("--all-slides and --slide-id exclude each other")
+        if args.qupath is not None:
+            raise ConfigError("--qupath writes one slide's detections; use --run/--maps for a cohort")
         predictions = predict_cohort(args.checkpoint, args.features, args.out, device=args.device,
                                      overwrite=args.overwrite)
     else:
         predictions = [predict_slide(args.checkpoint, args.features, args.out,
                                      slide_id=args.slide_id, device=args.device,
-                                     overwrite=args.overwrite)]
+                                     overwrite=args.overwrite, qupath=args.qupath)]
     for prediction in predictions:
         print(prediction.line(), file=sys.stdout)
     return 0

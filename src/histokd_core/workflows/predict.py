@@ -19,6 +19,7 @@ from histokd_core.errors import DataError
 from histokd_core.progress import ProgressFn, report
 
 if TYPE_CHECKING:
+    from histokd_core.export import PatchClasses
     from histokd_core.methods.base import Explanation
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def predict_slide(
     slide_id: str | None = None,
     device: str = "cpu",
     overwrite: bool = False,
+    qupath: str | os.PathLike | None = None,
 ) -> SlidePrediction:
     """Predict one slide and write one CSV row per patch plus a JSON summary beside it.
 
@@ -83,15 +85,70 @@ def predict_slide(
         ``out`` with suffix ``.json`` gets the summary.
     device : ``"cpu"``, ``"cuda"``, ``"auto"``.
     overwrite : replace existing outputs (otherwise an existing file is an error).
+    qupath : also write a QuPath GeoJSON with one detection per patch (level-0 square, every map
+        in ``measurements``, the first cluster map as class with colour;
+        :func:`histokd_core.export.write_detections`).
     """
     from histokd_core.devices import resolve_device
+    from histokd_core.io import check_writable
     from histokd_core.workflows.inference import load_slide_model
 
     out = Path(out)
     _check_outputs(out, overwrite)
+    if qupath is not None:
+        check_writable(qupath, overwrite=overwrite)
     dev = resolve_device(device)
     model, meta = load_slide_model(checkpoint, dev)
-    return _predict(model, meta, checkpoint, features, slide_id, out, dev, overwrite)
+    pred = _predict(model, meta, checkpoint, features, slide_id, out, dev, overwrite)
+    if qupath is not None:
+        write_qupath(pred.explanation, qupath, overwrite=overwrite)
+    return pred
+
+
+def explanation_detections(
+    expl: Explanation, cluster_map: str | None = None
+) -> tuple[dict[str, np.ndarray], PatchClasses | None]:
+    """Measurements and classes of an :class:`~histokd_core.methods.base.Explanation`'s patches.
+
+    Measurements: ``attention`` (sums to 1 over the slide), ``pathway:<name>``,
+    ``memory:<component>`` and ``cluster:<map>`` (the id as a number). Classes: the cluster map
+    ``cluster_map`` (default the first one, e.g. ``"tumor"``) as ``"<map> cluster <id>"`` with the
+    viewer's cluster colours; None when the model has no cluster map.
+    """
+    from histokd_core.explain import label_color
+    from histokd_core.export import PatchClasses
+
+    meas: dict[str, np.ndarray] = {}
+    if expl.attention is not None:
+        meas["attention"] = np.asarray(expl.attention, dtype=np.float64)
+    for name, arr in expl.pathway_maps.items():
+        meas[f"pathway:{name}"] = np.asarray(arr, dtype=np.float64)
+    if expl.memory is not None:
+        names = expl.memory_names or [f"component{i}" for i in range(expl.memory.shape[0])]
+        for name, row in zip(names, expl.memory):
+            meas[f"memory:{name}"] = np.asarray(row, dtype=np.float64)
+    for name, arr in expl.clusters.items():
+        meas[f"cluster:{name}"] = np.asarray(arr, dtype=np.float64)
+    classes = None
+    if expl.clusters:
+        key = cluster_map or next(iter(expl.clusters))
+        if key not in expl.clusters:
+            raise DataError(f"cluster map {key!r} not in the model's maps {sorted(expl.clusters)}")
+        ids = np.asarray(expl.clusters[key]).astype(np.int64)
+        colors = {int(k): label_color(int(k)) for k in np.unique(ids) if k >= 0}
+        classes = PatchClasses(ids, colors=colors, prefix=f"{key} cluster")
+    return meas, classes
+
+
+def write_qupath(expl: Explanation, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """One QuPath detection per patch of ``expl`` (see :func:`histokd_core.export.write_detections`)."""
+    from histokd_core.export import write_detections
+
+    measurements, classes = explanation_detections(expl)
+    written = write_detections(path, expl.coords, expl.patch_size, measurements, classes,
+                               overwrite=overwrite)
+    log.info("%d QuPath detections written to %s", len(expl.coords), written)
+    return written
 
 
 def predict_cohort(
