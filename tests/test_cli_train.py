@@ -184,6 +184,53 @@ def test_predict_all_slides_of_a_store(run_dir, cohort_dir, tmp_path, capsys):
     assert main([*args, "--slide-id", ids[0]]) == 2
 
 
+def test_cohort_maps_resume_and_report_failures(run_dir, cohort_dir, tmp_path, capsys):
+    """``predict --run --cohort --maps``: one dask task per slide; a rerun skips finished slides,
+    a slide without features is reported with its reason and the exit code is 1."""
+    import zarr
+
+    maps = tmp_path / "maps"
+    args = ["predict", "--run", str(run_dir), "--cohort", str(cohort_dir / "cohort.csv"),
+            "--features", str(cohort_dir / "features"), "--maps", str(maps), "--workers", "1",
+            "--stage", "abmil"]
+    assert main(args) == 0
+    cohort = pd.read_csv(cohort_dir / "cohort.csv", dtype=str)
+    summary = pd.read_csv(maps / "summary.csv", dtype={"slide_id": str})
+    assert list(summary["slide_id"]) == list(cohort["slide_id"])
+    assert (summary["status"] == "done").all() and summary["out_of_fold"].all()
+    scale = json.loads((maps / "colour_scale.json").read_text())["attention"]
+    assert scale["mode"] == "cohort" and scale["low"] == 0.0 and scale["high"] >= 2.0
+    one = maps / str(cohort["slide_id"][0])
+    for name in ("maps.csv", "maps.json", "maps.geojson", "attention.png", "done.json"):
+        assert (one / name).is_file(), name
+    z = zarr.open_group(one / "maps.zarr", mode="r")
+    table = pd.read_csv(one / "maps.csv")
+    np.testing.assert_allclose(z["attention"][:], table["attention"], rtol=1e-6)
+    np.testing.assert_array_equal(z["coords"][:], table[["x", "y"]].to_numpy())
+    feats = json.loads((one / "maps.geojson").read_text())["features"]
+    assert len(feats) == len(table) and feats[0]["properties"]["objectType"] == "detection"
+    # each slide was predicted by the fold that held its case out
+    fold = int(summary["fold"][0])
+    held = pd.read_csv(run_dir / f"fold_{fold}" / "predictions.csv", dtype={"case_id": str})
+    assert summary["case_id"][0] in set(held["case_id"])
+    assert json.loads((one / "maps.json").read_text())["checkpoint"].endswith(
+        f"fold_{fold}/abmil.safetensors")
+
+    extra = cohort.iloc[:1].copy()
+    extra["case_id"], extra["slide_id"] = "NOFEAT", "NOFEAT-S1"
+    bigger = tmp_path / "cohort_plus.csv"
+    pd.concat([cohort, extra]).to_csv(bigger, index=False)
+    capsys.readouterr()
+    args[args.index(str(cohort_dir / "cohort.csv"))] = str(bigger)
+    assert main(args) == 1
+    assert "FAILED NOFEAT-S1" in capsys.readouterr().out
+    summary = pd.read_csv(maps / "summary.csv", dtype={"slide_id": str})
+    assert len(summary) == len(cohort) + 1
+    row = summary.set_index("slide_id").loc["NOFEAT-S1"]
+    assert row["status"] == "failed" and "NOFEAT-S1" in row["reason"] and not row["out_of_fold"]
+    assert (summary["status"][:-1] == "skipped").all()
+
+
 def test_evaluate_external_cohort(run_dir, cohort_dir, tmp_path, capsys):
     external = tmp_path / "external.csv"
     pd.read_csv(cohort_dir / "cohort.csv").head(14).to_csv(external, index=False)

@@ -1,0 +1,408 @@
+"""Cohort maps on dask.distributed: every slide of a cohort through a run's model, one task per slide.
+
+:func:`predict_cohort_maps` (``histokd predict --run RUN --cohort C --features F --maps OUT``)
+writes, per slide, into ``OUT/<slide_id>/``::
+
+    maps.csv       one row per patch: x, y, patch_size and every map (as ``histokd predict``)
+    maps.json      prediction, pathway ranking, top patches, fold and checkpoint
+    maps.zarr/     coords (n, 2) int64, one (n,) float array per map, and each map painted on the
+                   slide's patch grid under ``grid/<map>`` (attrs origin_xy, cell, footprint)
+    maps.geojson   one QuPath detection per patch (every map in ``measurements``)
+    <map>.png      the map on one colour scale shared by every slide (cohort-wide), with its unit
+    done.json      written last: the slide is finished (a rerun skips it)
+
+and ``OUT/summary.csv`` (one row per slide: status ``done`` / ``skipped`` / ``failed``, the reason
+of a failure, fold, prediction, seconds) and ``OUT/colour_scale.json`` (the cohort-wide range of
+each rendered map). Each slide is predicted with the fold model that held its case out (its test
+fold, read from the run's ``fold_<k>/predictions.csv``); a case no fold tested (an external
+cohort) uses the first fold's model and is marked ``out_of_fold = False``. The colour scale is
+pooled over the out-of-fold slides (the run's test cases), or over all slides when none is.
+
+Predictions run as one dask task per slide on a :class:`distributed.LocalCluster` (or an existing
+scheduler's workers, which must see the same files); the PNGs are a second round of per-slide
+tasks once the scale is known. A failing slide is reported with its reason and never stops the
+others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histokd_core.cancel import CancelToken
+from histokd_core.errors import DataError
+from histokd_core.progress import ProgressFn, report
+
+log = logging.getLogger(__name__)
+
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+@dataclass
+class CohortMaps:
+    """What :func:`predict_cohort_maps` did.
+
+    Attributes
+    ----------
+    rows : one dict per slide (the rows of ``summary.csv``).
+    out : the output folder; scales : map name -> the cohort-wide ``MapScale`` used for PNGs.
+    """
+
+    rows: list[dict[str, Any]]
+    out: Path
+    scales: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        """True when no slide failed."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """Counts, then one line per failed slide with its reason."""
+        status = [r["status"] for r in self.rows]
+        lines = [f"{len(self.rows)} slide(s): {status.count('done')} predicted, "
+                 f"{status.count('skipped')} already done, {status.count('failed')} failed "
+                 f"-> {self.out / 'summary.csv'}"]
+        lines += [f"  FAILED {r['slide_id']}: {r['reason']}" for r in self.failed]
+        return "\n".join(lines)
+
+
+def map_kind(name: str) -> str:
+    """Colour kind of a map column: attention and pathway maps (attention over patches, sum 1)
+    are ``"attention"``; memory activations are ``"similarity"``."""
+    if name == "attention" or name.startswith("pathway:"):
+        return "attention"
+    if name.startswith("memory:"):
+        return "similarity"
+    raise DataError(f"map {name!r} has no colour scale (cluster maps are classes, not scores)")
+
+
+def _fold_of_cases(run: Path, folds: Sequence[int], stage: str) -> dict[str, int]:
+    import pandas as pd
+
+    out: dict[str, int] = {}
+    for fold in folds:
+        path = run / f"fold_{fold}" / "predictions.csv"
+        if not path.is_file():
+            continue
+        table = pd.read_csv(path, dtype={"case_id": str})
+        for case in table.loc[table["model"] == stage, "case_id"]:
+            out.setdefault(str(case), int(fold))
+    return out
+
+
+def _stage(run: Path, folds: Sequence[int], stage: str | None) -> str:
+    fold_dir = run / f"fold_{folds[0]}"
+    found = sorted(p.name[: -len(".safetensors")] for p in fold_dir.glob("*.safetensors")
+                   if not p.name.endswith(".state.safetensors"))
+    if stage is not None:
+        if stage not in found:
+            raise DataError(f"{fold_dir}: no {stage}.safetensors (trained stages: {', '.join(found)})")
+        return stage
+    import torch
+
+    from histokd_core.train import load_model
+
+    for name in dict.fromkeys(("student", *found)):
+        if name in found and not load_model(fold_dir / f"{name}.safetensors", torch.device("cpu"))[0].needs_omics:
+            return name
+    raise DataError(f"{run}: no trained slide-only model in {fold_dir}")
+
+
+def _model(checkpoint: str, device: str):
+    """The checkpoint's model, loaded once per worker process."""
+    from histokd_core.devices import resolve_device
+    from histokd_core.workflows.inference import load_slide_model
+
+    key = (checkpoint, device)
+    if key not in _MODELS:
+        dev = resolve_device(device)
+        model, meta = load_slide_model(checkpoint, dev)
+        _MODELS[key] = (model, meta, dev)
+    return _MODELS[key]
+
+
+def predict_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One slide: predict, write maps.csv/.json/.zarr/.geojson and done.json; never raises.
+
+    ``job`` holds ``slide_id``, ``case_id``, ``fold``, ``out_of_fold``, ``checkpoint``,
+    ``features``, ``slide_dir``, ``device``, ``threads``. Returns the summary row.
+    """
+    import torch
+
+    from histokd_core.io import write_json
+    from histokd_core.workflows.inference import explain_bag, read_slide_bag
+    from histokd_core.workflows.predict import explanation_table, write_qupath
+
+    start = time.perf_counter()
+    row = {k: job[k] for k in ("slide_id", "case_id", "fold", "out_of_fold")}
+    slide_dir = Path(job["slide_dir"])
+    done = slide_dir / "done.json"
+    try:
+        if done.is_file():
+            previous = json.loads(done.read_text())
+            if previous.get("checkpoint") == job["checkpoint"]:
+                return {**row, **previous["row"], "status": "skipped", "reason": "",
+                        "seconds": round(time.perf_counter() - start, 3)}
+        if job.get("threads"):
+            torch.set_num_threads(int(job["threads"]))
+        model, meta, dev = _model(job["checkpoint"], job["device"])
+        bag, _ = read_slide_bag(job["features"], job["slide_id"], meta)
+        expl = explain_bag(model, bag, dev)
+        slide_dir.mkdir(parents=True, exist_ok=True)
+        cols, values = explanation_table(expl)
+        _write_csv(slide_dir / "maps.csv", cols, values)
+        _write_zarr(slide_dir / "maps.zarr", expl, cols, values)
+        write_qupath(expl, slide_dir / "maps.geojson", overwrite=True)
+        pred: dict[str, Any] = {"n_patches": int(len(expl.coords))}
+        if expl.risk is not None:
+            pred["risk"] = float(expl.risk)
+        if expl.probability is not None:
+            pred["prob_positive"] = float(expl.probability)
+        summary = {**row, **pred, "checkpoint": job["checkpoint"], "stage": meta.get("stage"),
+                   "method": meta.get("method"),
+                   "pathway_scores": {k: float(v) for k, v in expl.pathway_scores.items()},
+                   "top_patches": {k: np.asarray(v).tolist() for k, v in expl.top_patches.items()}}
+        write_json(slide_dir / "maps.json", summary)
+        write_json(done, {"checkpoint": job["checkpoint"], "row": pred})
+        return {**row, **pred, "status": "done", "reason": "",
+                "seconds": round(time.perf_counter() - start, 3)}
+    except Exception as exc:  # noqa: BLE001 - any failure is this slide's, reported with its reason
+        log.error("%s: %s: %s", job["slide_id"], type(exc).__name__, exc)
+        return {**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _write_csv(path: Path, cols: list[str], values: np.ndarray) -> None:
+    import pandas as pd
+
+    from histokd_core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(values, columns=cols).astype({"x": int, "y": int, "patch_size": int}).to_csv(
+            tmp, index=False)
+
+
+def _write_zarr(path: Path, expl, cols: list[str], values: np.ndarray) -> None:
+    import zarr
+
+    from histokd_core.explain import rasterize
+    from histokd_core.io import atomic_path
+
+    maps = [c for c in cols if c not in ("x", "y", "patch_size")]
+    with atomic_path(path) as tmp:
+        g = zarr.open_group(tmp, mode="w", attributes={
+            "patch_size_level0": int(expl.patch_size), "maps": maps,
+            "coords": "level-0 top-left (x, y) px of each patch"})
+        g.create_array("coords", data=np.asarray(expl.coords, dtype=np.int64))
+        grids = g.create_group("grid")
+        for j, name in enumerate(maps, start=3):
+            key = name.replace("/", "_")
+            g.create_array(key, data=values[:, j].astype(np.float32))
+            r = rasterize(expl.coords, values[:, j], expl.patch_size)
+            arr = grids.create_array(key, data=r.grid.astype(np.float32))
+            arr.attrs.put({"map": name, "origin_xy": list(r.origin_xy), "cell_level0": r.cell,
+                           "footprint_level0": r.footprint, "mode": r.mode})
+
+
+def _read_map(slide_dir: Path, name: str) -> np.ndarray | None:
+    import zarr
+
+    g = zarr.open_group(slide_dir / "maps.zarr", mode="r")
+    key = name.replace("/", "_")
+    return np.asarray(g[key][:], dtype=np.float64) if key in g else None
+
+
+def render_one(slide_dir: str, slide_id: str, scales: dict[str, Any]) -> dict[str, Any]:
+    """Draw one slide's maps as PNGs on the cohort-wide scales; returns ``{"ok", "error"}``."""
+    try:
+        import zarr
+
+        from histokd_core.explain.colour import map_scale, to_display
+
+        g = zarr.open_group(Path(slide_dir) / "maps.zarr", mode="r")
+        coords = np.asarray(g["coords"][:])
+        for name, cohort in scales.items():
+            key = name.replace("/", "_")
+            if key not in g:
+                continue
+            display = to_display(np.asarray(g[key][:], dtype=np.float64), cohort.kind, len(coords))
+            scale = map_scale(display, cohort.kind, mode="cohort", cohort=cohort)
+            _png(Path(slide_dir) / f"{key.replace(':', '_')}.png", coords,
+                 int(g.attrs["patch_size_level0"]), display, scale, f"{slide_id}: {name}")
+        return {"ok": True, "error": ""}
+    except Exception as exc:  # noqa: BLE001 - reported per slide
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _png(path: Path, coords, patch_size: int, display, scale, title: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from histokd_core.explain import rasterize
+    from histokd_core.io import atomic_write_bytes
+
+    r = rasterize(coords, display, patch_size)
+    rows, cols = r.shape
+    pad = (r.footprint - r.cell) / 2.0
+    x0, y0 = r.origin_xy[0] + pad, r.origin_xy[1] + pad
+    cmap = ListedColormap(scale.colormap, name=scale.colormap_name)
+    fig, ax = plt.subplots(figsize=(6.0, max(3.0, 6.0 * rows / max(cols, 1))), dpi=100)
+    ax.set_facecolor("white")
+    shown = ax.imshow(np.ma.masked_invalid(r.grid), cmap=cmap, vmin=scale.low, vmax=scale.high,
+                      extent=(x0, x0 + cols * r.cell, y0 + rows * r.cell, y0),
+                      interpolation="nearest")
+    ax.set_xlabel("x (level-0 px)")
+    ax.set_ylabel("y (level-0 px)")
+    ax.set_title(title + (f"\n{scale.note}" if scale.note else ""), fontsize=8)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(scale.label, fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def predict_cohort_maps(
+    run: str | os.PathLike,
+    cohort: str | os.PathLike,
+    features: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    stage: str | None = None,
+    png_maps: Sequence[str] = ("attention",),
+    label_column: str | None = None,
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
+) -> CohortMaps:
+    """Predict and draw every slide's maps of a cohort with a trained run, one dask task per slide.
+
+    Parameters
+    ----------
+    run : run directory of ``histokd train`` (``config.yaml``, ``fold_<k>/<stage>.safetensors``).
+    cohort : cohort table (``case_id``, ``slide_id``, ...), the run's own or an external one.
+    features : feature store / folder holding every slide's features.
+    out : output folder (see the module docstring for its layout); reruns resume in it.
+    stage : the model (default ``student`` when trained, else the first slide-only stage).
+    png_maps : maps drawn as PNG on a cohort-wide scale (``"attention"``, ``"pathway:<name>"``,
+        ``"memory:<component>"``); every map is in the CSV, zarr and GeoJSON anyway.
+    label_column : the cohort's label column for classification runs.
+    scheduler : address of an existing dask scheduler; None starts a LocalCluster of
+        ``n_workers`` processes (one thread each).
+    device : torch device on the workers.
+    progress : ``"message"`` events after each slide; cancel : checked between slides (pending
+        slides are cancelled and reported as failed with the reason "cancelled").
+
+    Returns
+    -------
+    :class:`CohortMaps` (``ok`` is False when any slide failed; ``summary.csv`` lists every slide).
+    """
+    import pandas as pd
+    import yaml
+    from distributed import as_completed
+
+    from histokd_core.cohort import load_cohort
+    from histokd_core.explain.colour import cohort_scale, to_display
+    from histokd_core.features.cohort_extract import _client
+    from histokd_core.io import atomic_path, write_json
+
+    run, out = Path(run), Path(out)
+    token = CancelToken.of(cancel)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise DataError(f"{run}: not a run directory (no config.yaml)")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    folds = [int(f) for f in cfg["folds"]]
+    stage = _stage(run, folds, stage)
+    for name in png_maps:
+        map_kind(name)
+    table = load_cohort(cohort, task=cfg["task"], label_column=label_column).table
+    case_fold = _fold_of_cases(run, folds, stage)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--maps {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    n_workers = max(1, min(int(n_workers), len(table)))
+    threads = max(1, (os.cpu_count() or 1) // n_workers) if not scheduler else None
+    jobs = []
+    for slide_id, case_id in zip(table["slide_id"].astype(str), table["case_id"].astype(str)):
+        fold = case_fold.get(case_id, folds[0])
+        jobs.append({"slide_id": slide_id, "case_id": case_id, "fold": fold,
+                     "out_of_fold": case_id in case_fold,
+                     "checkpoint": str((run / f"fold_{fold}" / f"{stage}.safetensors").resolve()),
+                     "features": str(Path(features).resolve()),
+                     "slide_dir": str((out / slide_id).resolve()), "device": device,
+                     "threads": threads})
+    rows: dict[str, dict] = {}
+    scales: dict[str, Any] = {}
+    client, cluster = _client(scheduler, n_workers)
+    try:
+        futures = {client.submit(predict_one, job, key=f"maps-{i}-{job['slide_id']}", pure=False): job
+                   for i, job in enumerate(jobs)}
+        for n_done, future in enumerate(as_completed(futures), start=1):
+            job = futures[future]
+            try:
+                row = future.result()
+            except Exception as exc:  # noqa: BLE001 - a killed worker, not bad input
+                row = {k: job[k] for k in ("slide_id", "case_id", "fold", "out_of_fold")}
+                row.update(status="failed", reason=f"worker failed: {type(exc).__name__}: {exc}")
+            rows[job["slide_id"]] = row
+            report(progress, 0.9 * n_done / len(jobs), f"{job['slide_id']}: {row['status']} "
+                   f"({n_done}/{len(jobs)})")
+            if token.cancelled():
+                for f, j in futures.items():
+                    if not f.done():
+                        f.cancel()
+                        rows.setdefault(j["slide_id"], {k: j[k] for k in ("slide_id", "case_id", "fold", "out_of_fold")}
+                                        | {"status": "failed", "reason": "cancelled"})
+                break
+        ok = [j for j in jobs if rows.get(j["slide_id"], {}).get("status") in ("done", "skipped")]
+        pool = [j for j in ok if j["out_of_fold"]] or ok
+        for name in png_maps:
+            values = [v for j in pool if (v := _read_map(Path(j["slide_dir"]), name)) is not None]
+            if values:
+                kind = map_kind(name)
+                scales[name] = cohort_scale([to_display(v, kind, len(v)) for v in values], kind)
+        if scales and ok and not token.cancelled():
+            renders = {client.submit(render_one, j["slide_dir"], j["slide_id"], scales,
+                                     key=f"png-{i}-{j['slide_id']}", pure=False): j
+                       for i, j in enumerate(ok)}
+            for future in as_completed(renders):
+                j = renders[future]
+                outcome = future.result()
+                if not outcome["ok"]:
+                    rows[j["slide_id"]].update(status="failed", reason=f"PNG: {outcome['error']}")
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    write_json(out / "colour_scale.json", {
+        name: {"kind": s.kind, "unit": s.unit, "low": s.low, "high": s.high, "mode": s.mode,
+               "pooled_over": "out-of-fold slides" if any(j["out_of_fold"] for j in jobs) else "all slides"}
+        for name, s in scales.items()})
+    ordered = [rows[j["slide_id"]] for j in jobs if j["slide_id"] in rows]
+    with atomic_path(out / "summary.csv") as tmp:
+        pd.DataFrame(ordered).to_csv(tmp, index=False)
+    result = CohortMaps(ordered, out, scales)
+    report(progress, 1.0, result.summary().splitlines()[0])
+    return result
