@@ -3,7 +3,8 @@
 The patches of a heatmap are not those of training: :func:`fine_maps_slide` lays out a heatmap
 grid (:func:`histokd_core.explain.fine.heatmap_grid`: stride = patch / 2 or / 4, its own
 minimum tissue, edge patches kept), extracts their features with the checkpoint's encoder into
-a separate store (resumable: a complete store with the same grid is reused), runs the model on
+a separate store (with the checkpoint's stain normalisation; resumable: a complete store with the
+same grid is reused), runs the model on
 them and returns one :class:`~histokd_core.explain.fine.FineMap` per per-patch map.
 """
 
@@ -92,6 +93,7 @@ def fine_maps_slide(
     from histokd_core.devices import resolve_device
     from histokd_core.explain.fine import fine_map, heatmap_grid
     from histokd_core.features import get_encoder, spec_from_id
+    from histokd_core.features.stain import reference_from_meta
     from histokd_core.features.slide_features import mag_to_mpp, slide_id_of
     from histokd_core.slide import open_slide, tissue_mask
     from histokd_core.workflows.inference import explain_bag, load_slide_model, read_slide_bag
@@ -123,6 +125,7 @@ def fine_maps_slide(
     if len(grids["20x"]) == 0:
         raise DataError(f"{slide_path}: no patch holds {min_tissue:.0%} tissue; lower min_tissue")
     heat = {"stride_div": int(stride_div), "min_tissue": float(min_tissue), "mags": list(mags)}
+    reference = reference_from_meta(meta, str(checkpoint))
     if not _stored(root, slide_id, encoder_id, heat):
         step(0.05, f"loading encoder {encoder_id}")
         encoder = get_encoder(spec_from_id(encoder_id), device=str(dev))
@@ -130,9 +133,9 @@ def fine_maps_slide(
             raise DataError(f"{checkpoint}: trained on features of {encoder_id}, but the encoder "
                             f"available here is {encoder.id}")
         _extract(slide_path, root, slide_id, encoder, grids, patch_px, slide_mpp, mpp, heat,
-                 dimensions, num_workers, batch_size, step)
+                 dimensions, num_workers, batch_size, step, reference)
     step(0.8, "reading heatmap features")
-    bag, _ = read_slide_bag(root, slide_id, meta)
+    bag, _ = read_slide_bag(root, slide_id, meta, checkpoint)
     step(0.85, f"explaining {bag.feats.shape[0]} overlapping patches")
     expl = explain_bag(model, bag, dev)
     values, _ = explanation_detections(expl)
@@ -162,15 +165,16 @@ def _stored(root: Path, slide_id: str, encoder_id: str, heat: dict) -> bool:
 
 
 def _extract(slide_path, root, slide_id, encoder, grids, patch_px, slide_mpp, mpp, heat,
-             dimensions, num_workers, batch_size, step) -> None:
+             dimensions, num_workers, batch_size, step, reference) -> None:
     from histokd_core.features.extract import TileDataset, encode_tiles
-    from histokd_core.features.store import mark_complete, write_slide_features
+    from histokd_core.features.stain import stain_id
+    from histokd_core.features.store import PREPROCESSING_VERSION, mark_complete, write_slide_features
 
     total = sum(len(g) for g in grids.values())
     offset = 0
     for mag, grid in grids.items():
         dataset = TileDataset(slide_path, grid.coords, grid.patch_size_level0, grid.read_level,
-                              patch_px, mpp)
+                              patch_px, mpp, reference)
 
         def report(done: int, base: int = offset) -> None:
             step(0.1 + 0.7 * (base + done) / max(total, 1),
@@ -185,7 +189,10 @@ def _extract(slide_path, root, slide_id, encoder, grids, patch_px, slide_mpp, mp
             "slide_dimensions": list(dimensions), "min_tissue": heat["min_tissue"], "heatmap": heat,
             "target_mpp": grid.target_mpp, "patch_size_level0": grid.patch_size_level0,
             "stride_level0": grid.stride_level0, "read_level": grid.read_level, "complete": False,
+            "stain": stain_id(reference), "preprocessing": PREPROCESSING_VERSION,
         }
+        if reference is not None:
+            attrs["stain_reference"] = reference.to_attrs()
         write_slide_features(root, slide_id, mag, feats, grid.coords, attrs)
         log.info("%s %s: %d heatmap patches, %.1f patches/s", slide_id, mag, len(grid),
                  stats.patches_per_s)

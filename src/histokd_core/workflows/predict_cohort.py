@@ -160,7 +160,7 @@ def predict_one(job: dict[str, Any]) -> dict[str, Any]:
         if job.get("threads"):
             torch.set_num_threads(int(job["threads"]))
         model, meta, dev = _model(job["checkpoint"], job["device"])
-        bag, _ = read_slide_bag(job["features"], job["slide_id"], meta)
+        bag, _ = read_slide_bag(job["features"], job["slide_id"], meta, job["checkpoint"])
         expl = explain_bag(model, bag, dev)
         slide_dir.mkdir(parents=True, exist_ok=True)
         cols, values = explanation_table(expl)
