@@ -1,4 +1,5 @@
-"""Export dock: Shapes and thresholded heatmaps -> QuPath GeoJSON; top-k patches -> CSV + PNG crops."""
+"""Export dock: Shapes and thresholded heatmaps -> QuPath GeoJSON; a heatmap's patches -> QuPath
+detections; QuPath annotations -> Shapes on the slide; top-k patches -> CSV + PNG crops."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from qtpy.QtWidgets import (
 from histokd_core.errors import HistoKDError
 from histokd_core.explain import threshold_regions
 from histokd_core.export import (
+    read_annotations,
     regions_to_annotations,
     save_patch_crops,
     top_patches_table,
@@ -30,7 +32,7 @@ from histokd_core.export import (
     write_top_patches_csv,
 )
 from histokd_core.slide.geometry import qupath_to_world
-from napari_histokd._geojson import shapes_to_annotations, slide_scale
+from napari_histokd._geojson import annotations_to_shapes, shapes_to_annotations, slide_scale
 from napari_histokd._layers import layer_raster
 from napari_histokd._widgets._common import notify_error
 
@@ -64,6 +66,8 @@ class ExportWidget(QWidget):
         save_shapes = QPushButton("Shapes -> GeoJSON", self)
         save_regions = QPushButton("Threshold heatmap -> regions + GeoJSON", self)
         save_top = QPushButton("Top-k patches -> CSV + PNG crops", self)
+        save_detections = QPushButton("Heatmap patches -> QuPath detections", self)
+        load_annotations = QPushButton("Import QuPath annotations", self)
         form = QFormLayout()
         form.addRow("shapes layer", self.shapes)
         form.addRow("heatmap layer", self.heatmap)
@@ -74,13 +78,15 @@ class ExportWidget(QWidget):
         form.addRow("output", self.out)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        for b in (save_shapes, save_regions, save_top):
+        for b in (save_shapes, save_regions, save_top, save_detections, load_annotations):
             layout.addWidget(b)
         layout.addWidget(self.status)
         layout.addStretch(1)
         save_shapes.clicked.connect(lambda: self._guard(self.export_shapes))
         save_regions.clicked.connect(lambda: self._guard(self.export_regions))
         save_top.clicked.connect(lambda: self._guard(self.export_top_patches))
+        save_detections.clicked.connect(lambda: self._guard(self.export_detections))
+        load_annotations.clicked.connect(lambda: self._guard(self.import_annotations))
         self.quantile.clicked.connect(self.set_quantile)
         self.viewer.layers.events.inserted.connect(self.refresh)
         self.viewer.layers.events.removed.connect(self.refresh)
@@ -218,3 +224,35 @@ class ExportWidget(QWidget):
             n_png = len(files)
         self.status.setText(f"{len(table)} patches written to {path}" + (f" and {n_png} PNG crops" if n_png else ""))
         return path
+
+    def export_detections(self):
+        """One QuPath detection per patch of the analysis behind the chosen heatmap (every map in
+        its measurements, cluster classes with colours; :func:`histokd_core.workflows.predict.
+        write_qupath`)."""
+        from histokd_core.workflows.predict import write_qupath
+
+        layer = self._heatmap_layer()
+        expl = layer.metadata.get("explanation")
+        if expl is None:
+            raise HistoKDError(f"{layer.name} was not made by Analyse (no per-patch scores)")
+        target = self._target(".geojson")
+        if target is None:
+            return None
+        path = write_qupath(expl, target[0], overwrite=target[1])
+        self.status.setText(f"{len(expl.coords)} QuPath detections written to {path}")
+        return path
+
+    def import_annotations(self, path: str | None = None):
+        """QuPath annotations (detections skipped) -> a Shapes layer on this viewer's slide."""
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "QuPath GeoJSON", "", "*.geojson *.json")
+            if not path:
+                return None
+        anns = read_annotations(path)
+        if not anns:
+            raise HistoKDError(f"{path}: no annotations (detections are not imported here)")
+        mpp, physical = slide_scale(self.viewer) or (1.0, False)
+        data, kwargs, _ = annotations_to_shapes(anns, mpp, name=Path(path).name, physical=physical)
+        layer = self.viewer.add_shapes(data, **kwargs)
+        self.status.setText(f"{len(anns)} QuPath annotations added as {layer.name}")
+        return layer
