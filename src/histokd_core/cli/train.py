@@ -36,6 +36,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--gene-sets", type=Path, default=None, help="gene sets: GMT or SurvPath-style CSV"
     )
+    p.add_argument(
+        "--tumor-genes", default=None, metavar="SETS|FILE",
+        help="subspace method: tumour genes, as comma-separated names of sets in --gene-sets or "
+             "a text file of gene symbols (default: the MSigDB Hallmark tumour sets)",
+    )
+    p.add_argument(
+        "--tme-genes", default=None, metavar="SETS|FILE",
+        help="subspace method: tumour-microenvironment genes, like --tumor-genes (default: the "
+             "Hallmark immune/stroma sets)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument(
         "--task",
@@ -112,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         omics=args.omics,
         gene_sets=args.gene_sets,
+        tumor_genes=args.tumor_genes,
+        tme_genes=args.tme_genes,
         task=args.task,
         label_column=args.label_column,
         n_folds=args.folds,

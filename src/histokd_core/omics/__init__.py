@@ -5,7 +5,7 @@ Public API
 - :func:`read_expression` -> DataFrame ``(n_cases, n_genes)`` indexed by ``case_id``
 - :func:`read_gene_sets` (GMT or SurvPath wide CSV), :func:`write_gmt`
 - :func:`pathway_tokens` -> :class:`PathwayTokens`
-- :func:`select_hvg`, :func:`split_tumor_tme`
+- :func:`select_hvg`, :func:`split_tumor_tme`, :func:`read_gene_list` (user tumour/TME lists)
 - :class:`Standardizer` (fit on the training fold only)
 """
 
@@ -17,6 +17,7 @@ from histokd_core.omics.subspaces import (
     DEFAULT_TME_SETS,
     DEFAULT_TUMOR_SETS,
     default_tumor_tme_lists,
+    read_gene_list,
     split_tumor_tme,
 )
 from histokd_core.omics.tables import align_cases, read_expression
@@ -30,6 +31,7 @@ __all__ = [
     "default_tumor_tme_lists",
     "pathway_tokens",
     "read_expression",
+    "read_gene_list",
     "read_gene_sets",
     "select_hvg",
     "split_tumor_tme",

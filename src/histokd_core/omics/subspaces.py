@@ -18,7 +18,10 @@ Genes that fall in both groups are ambiguous and, with ``exclusive=True``, assig
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from histokd_core.errors import DataError
 
@@ -70,6 +73,55 @@ def default_tumor_tme_lists(gene_sets: Mapping[str, Sequence[str]]) -> tuple[lis
     tumor = list(dict.fromkeys(g for s in found_tumor for g in gene_sets[s]))
     tme = list(dict.fromkeys(g for s in found_tme for g in gene_sets[s]))
     return tumor, tme
+
+
+def read_gene_list(
+    spec: str | os.PathLike, gene_sets: Mapping[str, Sequence[str]] | None = None,
+    option: str = "gene list",
+) -> list[str]:
+    """A user's gene list: a text file of gene symbols, or gene-set names from ``gene_sets``.
+
+    Parameters
+    ----------
+    spec : an existing file (gene symbols separated by newlines, commas, tabs or spaces; ``#``
+        starts a comment, so GSEA ``.grp`` files work), or a comma-separated list of names of
+        sets in ``gene_sets`` (their member genes, in order, duplicates removed).
+    gene_sets : the gene sets the names refer to (e.g. ``--gene-sets``).
+    option : how the caller calls this list (``--tumor-genes``), for error messages.
+
+    Raises
+    ------
+    DataError
+        An empty file, a path that does not exist, set names that are not in ``gene_sets``
+        (naming them), or set names without gene sets.
+    """
+    path = Path(spec).expanduser()
+    text = str(spec).strip()
+    if path.is_file():
+        try:
+            content = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{option}: cannot read {path} ({exc})") from None
+        symbols = [g for line in content.splitlines()
+                   for g in re.split(r"[\s,]+", line.split("#", 1)[0]) if g]
+        if not symbols:
+            raise DataError(f"{option}: {path} lists no gene symbols")
+        return list(dict.fromkeys(symbols))
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    looks_like_path = os.sep in text or re.search(r"\.(txt|grp|csv|tsv|lst)$", text, re.I)
+    if not names or (looks_like_path and (not gene_sets or any(n not in gene_sets
+                                                                 for n in names))):
+        raise DataError(f"{option}: {spec!s} is not a file (and names no gene set)")
+    if not gene_sets:
+        raise DataError(f"{option}: {text!r} names gene sets, but no gene sets were given "
+                        "(pass --gene-sets, or a text file of gene symbols)")
+    unknown = [n for n in names if n not in gene_sets]
+    if unknown:
+        known = ", ".join(list(gene_sets)[:8]) + (" ..." if len(gene_sets) > 8 else "")
+        raise DataError(f"{option}: no gene set named {', '.join(map(repr, unknown))} in the "
+                        f"gene sets (they hold {len(gene_sets)}: {known}); nor is "
+                        f"{text!r} a file")
+    return list(dict.fromkeys(g for n in names for g in gene_sets[n]))
 
 
 def split_tumor_tme(

@@ -28,6 +28,8 @@ def train_cohort(
     *,
     omics: PathLike | None = None,
     gene_sets: PathLike | None = None,
+    tumor_genes: PathLike | Sequence[str] | None = None,
+    tme_genes: PathLike | Sequence[str] | None = None,
     task: str | None = None,
     label_column: str | None = None,
     n_folds: int = 5,
@@ -60,6 +62,10 @@ def train_cohort(
         ``history.json``, ``km.png``).
     omics, gene_sets : expression table and gene sets (GMT or SurvPath CSV), when the method
         uses them.
+    tumor_genes, tme_genes : the tumour / TME gene lists of the subspace method (default: from
+        the MSigDB Hallmark sets in ``gene_sets``). Each is a sequence of gene symbols, or a
+        string: a text file of gene symbols, or comma-separated names of sets in ``gene_sets``
+        (:func:`~histokd_core.omics.read_gene_list`).
     task : ``"survival"`` or ``"classification"``; None = the method's default.
     label_column : the classification label column (default ``label``).
     n_folds, folds_csv : number of stratified folds (seeded by ``seed``), or a folds CSV /
@@ -76,7 +82,9 @@ def train_cohort(
     """
     from histokd_core.cohort import load_cohort
     from histokd_core.dataset import CohortData
+    from histokd_core.errors import ConfigError, DataError
     from histokd_core.methods.registry import check_task
+    from histokd_core.omics import default_tumor_tme_lists, read_gene_list, read_gene_sets
     from histokd_core.train import TrainConfig, run_cv
     from histokd_core.train.callbacks import ProgressCallback
 
@@ -85,8 +93,26 @@ def train_cohort(
                          weight_decay=weight_decay, patience=patience, seed=seed, device=device,
                          num_threads=threads)
     token = CancelToken.of(cancel)
+    sets = None if gene_sets is None else read_gene_sets(gene_sets)
+    lists = {}
+    for option, spec in (("--tumor-genes", tumor_genes), ("--tme-genes", tme_genes)):
+        if spec is None:
+            lists[option] = None
+        elif isinstance(spec, (str, os.PathLike)):
+            lists[option] = read_gene_list(spec, sets, option)
+        else:
+            lists[option] = [str(g) for g in spec]
+    if omics is None and any(v is not None for v in lists.values()):
+        raise ConfigError("--tumor-genes / --tme-genes split the expression: pass --omics too")
+    if method == "subspace" and None in lists.values():
+        try:
+            default_tumor_tme_lists(sets or {})
+        except DataError as exc:
+            raise ConfigError(f"subspace method: {exc} (--tumor-genes and --tme-genes: set names "
+                              "or text files of gene symbols)") from None
     data = CohortData(load_cohort(cohort, task=task, label_column=label_column), features,
-                      omics=omics, gene_sets=gene_sets, folds=folds_csv, n_folds=n_folds, seed=seed)
+                      omics=omics, gene_sets=sets, folds=folds_csv, n_folds=n_folds, seed=seed,
+                      tumor_genes=lists["--tumor-genes"], tme_genes=lists["--tme-genes"])
     log.info("%r", data)
     callbacks = list(callbacks)
     if progress is not None:
