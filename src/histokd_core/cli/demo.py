@@ -2,8 +2,10 @@
 
 synthetic cohort (real pyramidal slides with planted regions, omics, survival) -> tissue mask and
 patch grid -> default patch features (EfficientNet-Lite0, shipped weights) -> AMKD
-cross-validation (teacher, distilled student, ablation and baselines) -> metrics table, KM plot,
-and one test slide's attention and top-pathway heatmaps as PNG overlays.
+cross-validation (teacher, distilled student, ablation and baselines) -> a side-by-side table of
+test C-indices with the paired difference of the distilled student against the same student
+without a teacher and against ABMIL, a KM plot, and one test slide's attention and top-pathway
+heatmaps as PNG overlays.
 
 Every step is resumable: running the command again reuses the cohort, skips slides whose
 features are complete and resumes the cross-validation where it stopped.
@@ -97,11 +99,52 @@ def _train(args, data_dir: Path, features: Path, run_dir: Path) -> dict:
     return result.metrics
 
 
+_DEMO_ROWS = (  # model, what it reads
+    ("teacher", "slides + omics"),
+    ("student", "slides, distilled"),
+    ("student_no_kd", "slides, no teacher"),
+    ("abmil", "slides"),
+    ("omics_only", "omics"),
+)
+
+
+def comparison_table(metrics: dict) -> str:
+    """Teacher, distilled student, the same student without a teacher, ABMIL and the omics-only
+    model side by side (test C-index per fold, mean +- sd), then the paired differences
+    ``student - student_no_kd`` and ``student - abmil`` over folds (mean +- standard error,
+    folds better) and what they say."""
+    from histokd_core.train.results import paired_difference
+
+    folds = metrics["folds"]
+    rows = [(m, reads) for m, reads in _DEMO_ROWS if m in metrics["summary"]]
+    width = max(len(m) for m, _ in rows) + 2
+    lines = ["", f"test C-index over {len(folds)} folds (the same test cases for every model)",
+             f"{'model':<{width}}{'reads':<20}{'mean +- sd':<16}"
+             + "".join(f"fold {f['fold']:<3}" for f in folds)]
+    for model, reads in rows:
+        summary = metrics["summary"][model]
+        per_fold = "".join(f"{f['test'][model]['c_index']:<8.3f}" if model in f["test"]
+                           else f"{'-':<8}" for f in folds)
+        lines.append(f"{model:<{width}}{reads:<20}"
+                     f"{summary['c_index_mean']:.3f} +- {summary['c_index_std']:.3f}  {per_fold}")
+    lines.append("\npaired difference over folds (mean +- standard error, folds better):")
+    for reference in ("student_no_kd", "abmil"):
+        if "student" not in metrics["summary"] or reference not in metrics["summary"]:
+            continue
+        d = paired_difference(metrics, "student", reference)
+        if d["n"] < 2:
+            verdict = "too few folds to tell"
+        elif abs(d["mean"]) <= 2 * d["se"]:
+            verdict = "no measurable difference (within 2 SE)"
+        else:
+            verdict = "the distilled student is " + ("better" if d["mean"] > 0 else "worse")
+        lines.append(f"  student - {reference:<14}{d['mean']:+.3f} +- {d['se']:.3f}   "
+                     f"{d['better']}/{d['n']} folds better: {verdict}")
+    return "\n".join(lines)
+
+
 def _print_table(metrics: dict) -> None:
-    lines = ["", f"{'model':<16}{'C-index (test, mean +- sd over folds)':>40}"]
-    for name, summary in metrics["summary"].items():
-        lines.append(f"{name:<16}{summary['c_index_mean']:>32.3f} +- {summary['c_index_std']:.3f}")
-    log.info("\n".join(lines))
+    log.info(comparison_table(metrics))
 
 
 def _overlays(run_dir: Path, data_dir: Path, features: Path, out_dir: Path) -> list[Path]:

@@ -92,6 +92,37 @@ def ensemble_outputs(outputs: Sequence[Outputs], task: str) -> Outputs:
     return Outputs(first.case_ids, first.time, first.event, first.label, probs=probs)
 
 
+def paired_difference(
+    metrics: Mapping, model: str, reference: str, metric: str | None = None
+) -> dict[str, float | int]:
+    """Per-fold paired difference ``model - reference`` of a test metric (same test cases).
+
+    Parameters
+    ----------
+    metrics : a run's ``metrics.json`` content (``task``, ``folds[i]["test"][model][metric]``).
+    model, reference : model names; folds where either is missing or not finite are skipped.
+    metric : default ``c_index`` (survival) or ``auc`` (classification).
+
+    Returns
+    -------
+    ``{"mean", "se", "better", "n"}``: mean difference, its standard error (sample sd / sqrt(n);
+    NaN for fewer than 2 folds), folds where ``model`` scored higher, folds compared.
+    """
+    metric = metric or ("c_index" if metrics["task"] == "survival" else "auc")
+    diffs = []
+    for fold in metrics["folds"]:
+        test = fold["test"]
+        if model in test and reference in test:
+            d = float(test[model][metric]) - float(test[reference][metric])
+            if math.isfinite(d):
+                diffs.append(d)
+    values = np.array(diffs, dtype=np.float64)
+    n = int(values.size)
+    return {"mean": float(values.mean()) if n else math.nan,
+            "se": float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "better": int((values > 0).sum()), "n": n}
+
+
 def summary_rows(metrics: Mapping) -> list[tuple[str, str, str, str]]:
     """``(model, metric, mean, std)`` rows of ``metrics["summary"]``, formatted to 3 decimals
     (``nan`` for a missing value, an empty std when there is none)."""
