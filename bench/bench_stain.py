@@ -16,10 +16,16 @@ cohort). For each feature set:
   seed; mean +- standard error over seeds x folds. Differences to ``none`` are paired (same
   folds and seeds).
 
-Run (resumable; numbers go to docs/benchmarks.md):
-    nice -n 10 python bench/bench_stain.py --out /tmp/stain-bench --cases 80 --sets none,oracle &
-    nice -n 10 python bench/bench_stain.py --out /tmp/stain-bench --cases 80 --sets macenko,reinhard
-    python bench/bench_stain.py --out /tmp/stain-bench --report
+The report adds the site-mean distance with every set z-scored on the ``none`` set's scale (the
+first distance is in each set's own within-site spread, which normalisation also shrinks).
+
+Run (resumable; numbers go to docs/benchmarks.md). The size measured on the shared 2-core
+machine (one set per process, one process at a time, about 45 minutes):
+    for s in none macenko reinhard oracle; do nice -n 10 python bench/bench_stain.py \
+        --out /tmp/stain-bench32 --cases 32 --seeds 3 --folds 3 --encoder hed-texture --sets $s; done
+    python bench/bench_stain.py --out /tmp/stain-bench32 --seeds 3 --folds 3 --encoder hed-texture --report
+The size the design asks for, on a quiet machine: ``--cases 80`` with the defaults (5 folds,
+EfficientNet-Lite0), two processes with disjoint ``--sets``, then ``--report``.
 """
 
 from __future__ import annotations
@@ -191,6 +197,29 @@ def mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
+def fixed_scale_distances(out: Path, encoder: str, names) -> dict[str, float]:
+    """Distance between the site means of the slide-mean features, every set z-scored with the
+    ``none`` set's per-feature mean and standard deviation (one scale for all rows, unlike
+    :func:`site_separability`'s distance, whose unit is each set's own within-site spread)."""
+    import pandas as pd
+
+    cohort = pd.read_csv(out / "data" / "cohort.csv")
+    sites = pd.read_csv(out / "sites.csv")
+    site_of = dict(zip(sites["case_id"], sites["site"]))
+    slide_ids = sorted(Path(str(s)).stem for s in cohort["slide_id"])
+    case_of = {Path(str(s)).stem: c for s, c in zip(cohort["slide_id"], cohort["case_id"])}
+    b = np.array([site_of[case_of[s]] == "B" for s in slide_ids])
+    root = out / "features" / encoder
+    base = slide_means(root / "none", slide_ids)
+    mu, sd = base.mean(0), base.std(0) + 1e-8
+    out_d = {}
+    for name in names:
+        if (root / name).is_dir():
+            z = (slide_means(root / name, slide_ids) - mu) / sd
+            out_d[name] = float(np.linalg.norm(z[b].mean(0) - z[~b].mean(0)))
+    return out_d
+
+
 def report(out: Path, seeds: int, encoder: str, n_folds: int = 5) -> None:
     """Merge ``results_*.json`` of the runs and print the table (paired differences to none)."""
     results, rows, extract_s, args = {}, [], {}, {}
@@ -206,13 +235,16 @@ def report(out: Path, seeds: int, encoder: str, n_folds: int = 5) -> None:
                  if (name, s, f) in by and ("none", s, f) in by]
         if len(diffs) > 1:
             results[name]["gap_minus_none"], results[name]["gap_minus_none_se"] = mean_se(diffs)
+    for name, d in fixed_scale_distances(out, encoder, list(results)).items():
+        results[name]["distance_none_scale"] = d
     (out / f"results_{encoder}.json").write_text(json.dumps({"results": results, "rows": rows,
                                                   "extract_s": extract_s}, indent=1))
     print(f"\n{encoder} features; {args.get('cases')} cases, site B re-stained with StainShift.tilted({args.get('shift')}); "
           f"{seeds} seeds x {n_folds} folds; mean +- SE")
-    print("| features | site AUC (0.5 = same) | site-mean distance | student C, site A test | "
-          "student C, site B | gap A - B | gap - gap(none), paired |")
-    print("|---|---|---|---|---|---|---|")
+    print("| features | site AUC (0.5 = same) | site-mean distance (own spread) | site-mean distance "
+          "(none's scale) | student C, site A test | student C, site B | gap A - B | "
+          "gap - gap(none), paired |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in FEATURE_SETS:
         if name not in results:
             continue
@@ -220,6 +252,7 @@ def report(out: Path, seeds: int, encoder: str, n_folds: int = 5) -> None:
         paired = (f"{r['gap_minus_none']:+.3f} +- {r['gap_minus_none_se']:.3f}"
                   if "gap_minus_none" in r else "-")
         print(f"| {name} | {r['site_auc']:.3f} +- {r['site_auc_se']:.3f} | {r['mean_distance']:.2f} | "
+              f"{r.get('distance_none_scale', float('nan')):.2f} | "
               f"{r['c_a']:.3f} +- {r['c_a_se']:.3f} | {r['c_b']:.3f} +- {r['c_b_se']:.3f} | "
               f"{r['gap']:+.3f} +- {r['gap_se']:.3f} | {paired} |")
     print(f"\nextraction seconds: {extract_s}")
