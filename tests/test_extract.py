@@ -7,7 +7,7 @@ import pytest
 
 from histokd_core.errors import DataError
 from histokd_core.features import PatchEncoder, TileDataset, extract_slide, get_encoder, open_features
-from histokd_core.features.extract import encode_tiles
+from histokd_core.features.extract import encode_tiles, partial_path
 from histokd_core.slide import open_slide, patch_grid, tissue_mask
 from histokd_core.synthetic import PlantedRegion, write_synthetic_slide
 
@@ -95,9 +95,13 @@ def test_resume_after_a_crash_mid_slide(slide_path, tmp_path):
     assert partial.magnifications == ("20x",) and partial.attrs["complete"] is False
     first_20x = partial.feats("20x")
 
+    # the one 10x patch encoded before the crash was kept (and is not encoded again)
+    assert partial_path(tmp_path, "synthetic_a", "10x").is_file()
     enc.count = 0
     result = extract_slide(slide_path, tmp_path, enc, num_workers=0)
-    assert result.status == "resumed" and enc.count == n10 and result.n_patches == {"10x": n10}
+    assert result.status == "resumed" and result.n_resumed == {"10x": 1}
+    assert enc.count == n10 - 1 and result.n_patches == {"10x": n10}
+    assert not partial_path(tmp_path, "synthetic_a", "10x").exists()
     done = open_features(tmp_path, "synthetic_a")
     assert done.magnifications == ("20x", "10x") and done.attrs["complete"] is True
     np.testing.assert_array_equal(done.feats("20x"), first_20x)
@@ -105,6 +109,82 @@ def test_resume_after_a_crash_mid_slide(slide_path, tmp_path):
     enc.count = 0
     assert extract_slide(slide_path, tmp_path, enc, num_workers=0).status == "skipped"
     assert enc.count == 0
+
+
+class SlowEncoder(CountingEncoder):
+    """Takes ``seconds`` per patch (a slow CPU encoder), so cancellation latency can be measured."""
+
+    def __init__(self, inner: PatchEncoder, seconds: float) -> None:
+        super().__init__(inner)
+        self.seconds = seconds
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        import time
+
+        time.sleep(self.seconds * len(batch))
+        return super().encode(batch)
+
+
+def test_cancel_within_a_second_keeps_features_and_resumes(slide_path, tmp_path):
+    """A 64-patch batch at 0.2 s/patch would take 12.8 s; the encoder loop works in ~0.25 s sub-batches,
+    so a cancel is seen well within a second, the patches done are kept, and the next run encodes
+    only the rest; the result equals an uninterrupted extraction."""
+    import threading
+    import time
+
+    from histokd_core.cancel import CancelToken
+    from histokd_core.errors import Cancelled
+
+    enc = SlowEncoder(get_encoder("hed-texture"), seconds=0.2)
+    token = CancelToken()
+    reports: list[tuple[float, int]] = []
+    cancelled_at: list[float] = []
+
+    def progress(done: int, total: int) -> None:
+        reports.append((time.perf_counter(), done))
+        if done >= 3 and not cancelled_at:
+            def later():
+                time.sleep(0.1)
+                cancelled_at.append(time.perf_counter())
+                token.cancel()
+            threading.Thread(target=later).start()
+
+    with pytest.raises(Cancelled):
+        extract_slide(slide_path, tmp_path, enc, magnifications=("20x",), num_workers=0, batch_size=64,
+                      progress=progress, cancel=token)
+    latency = time.perf_counter() - cancelled_at[0]
+    assert latency < 1.0, f"cancel took {latency:.2f} s"
+    # progress came every few patches, not once per 64-patch batch
+    counts = [d for _, d in reports]
+    assert counts[0] == 1 and max(np.diff(counts)) <= 2
+    kept = counts[-1]
+    assert partial_path(tmp_path, "synthetic_a", "20x").is_file()
+    with np.load(partial_path(tmp_path, "synthetic_a", "20x"), allow_pickle=False) as z:
+        assert z["feats"].shape == (kept, enc.dim)
+
+    fast = CountingEncoder(get_encoder("hed-texture"))
+    result = extract_slide(slide_path, tmp_path, fast, magnifications=("20x",), num_workers=0)
+    with open_slide(slide_path) as slide:
+        n20 = len(patch_grid(slide, 0.5, 256, 0.5, mask=tissue_mask(slide)))
+    assert result.status == "resumed" and result.n_resumed == {"20x": kept}
+    assert fast.count == n20 - kept
+    resumed = open_features(tmp_path, "synthetic_a").feats("20x")
+    extract_slide(slide_path, tmp_path / "fresh", get_encoder("hed-texture"), magnifications=("20x",),
+                  num_workers=0)
+    np.testing.assert_allclose(resumed, open_features(tmp_path / "fresh", "synthetic_a").feats("20x"), rtol=1e-6)
+
+
+def test_kept_features_of_another_encoder_are_not_reused(slide_path, tmp_path):
+    from histokd_core.features.extract import _grid_key, load_partial, save_partial
+
+    path = tmp_path / "k.npz"
+    save_partial(path, np.ones((3, 4), np.float32), "key-a")
+    assert load_partial(path, "key-b", 4) is None
+    assert load_partial(path, "key-a", 5) is None
+    np.testing.assert_array_equal(load_partial(path, "key-a", 4), np.ones((3, 4)))
+    c = np.zeros((2, 2), np.int64)
+    assert _grid_key({"encoder_id": "a"}, c, 256, 0) != _grid_key({"encoder_id": "b"}, c, 256, 0)
+    assert _grid_key({"encoder_id": "a"}, c, 256, 0) != _grid_key({"encoder_id": "a"}, c + 1, 256, 0)
 
 
 def test_killed_process_leftovers_are_ignored_and_cleaned(slide_path, tmp_path):

@@ -7,6 +7,9 @@ magnification :func:`extract_slide` builds a tissue patch grid
 (:func:`histokd_core.features.store.write_slide_features`). Re-running skips a slide whose stored
 attributes (encoder id, weights hash, patch size, stain normalisation, preprocessing version)
 match and that is complete; after a crash only the magnifications not yet written are computed.
+Within a magnification, a cancelled or failed extraction keeps the patches encoded so far in
+``<root>/.<slide_id>.<mag>.partial.npz`` (written atomically, no pickles); the next run with the
+same encoder, preprocessing and grid starts after them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from histokd_core.cancel import CancelToken
 from histokd_core.errors import DataError
 from histokd_core.features.base import PatchEncoder
 from histokd_core.features.encoders import get_encoder
@@ -41,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: ``progress(done, total)`` in patches over all magnifications still to compute.
 ProgressCallback = Callable[[int, int], None]
+
+#: the encoder works on sub-batches of about this many seconds, so progress moves and a
+#: cancellation is seen at least this often (plus the time to read the next tiles).
+STEP_SECONDS = 0.25
 
 
 @dataclass
@@ -78,9 +86,10 @@ class ExtractResult:
     Attributes
     ----------
     slide_id, slide_path, group : the slide and its zarr group.
-    status : ``"done"`` (all computed now), ``"resumed"`` (some magnifications were already
-        stored) or ``"skipped"`` (complete with matching attributes).
-    n_patches : patches per magnification computed now.
+    status : ``"done"`` (all computed now), ``"resumed"`` (some magnifications or patches were
+        already stored) or ``"skipped"`` (complete with matching attributes).
+    n_patches : patches per magnification computed now (including kept ones resumed).
+    n_resumed : patches per magnification taken from a cancelled run's kept features.
     stats : timings of what was computed now.
     """
 
@@ -89,6 +98,7 @@ class ExtractResult:
     group: str
     status: str
     n_patches: dict[str, int] = field(default_factory=dict)
+    n_resumed: dict[str, int] = field(default_factory=dict)
     stats: ExtractStats = field(default_factory=ExtractStats)
 
 
@@ -197,20 +207,28 @@ def encode_tiles(
     batch_size: int | None = None,
     num_workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    cancel: CancelToken | None = None,
+    out: np.ndarray | None = None,
+    step_seconds: float = STEP_SECONDS,
 ) -> tuple[np.ndarray, ExtractStats]:
     """Encode every tile of ``dataset``: features ``(n, d)`` float32 and timings.
 
-    ``batch_size`` tiles per encoder call (default the encoder's own ``batch_size``, else 64).
-
+    ``batch_size`` tiles per loader batch (default the encoder's own ``batch_size``, else 64).
     ``num_workers`` loader processes read tiles while the main process encodes the previous batch.
-    ``progress(n_done)`` is called after each batch; an exception it raises stops the extraction.
+
+    Each loader batch is encoded in sub-batches sized so that one takes about ``step_seconds``
+    (measured on the previous sub-batch); after each, ``progress(n_done)`` is called and ``cancel``
+    checked (raising :class:`~histokd_core.errors.Cancelled`). ``out`` (``(n, d)`` float32) receives
+    the features as they are computed, so a caller keeps the rows ``< n_done`` when this raises.
     """
     import torch
     from torch.utils.data import DataLoader
 
     wall = time.perf_counter()
     stats = ExtractStats()
-    feats = np.empty((len(dataset), encoder.dim), dtype=np.float32)
+    feats = out if out is not None else np.empty((len(dataset), encoder.dim), dtype=np.float32)
+    if feats.shape != (len(dataset), encoder.dim):
+        raise DataError(f"encode_tiles: out must be ({len(dataset)}, {encoder.dim}), got {feats.shape}")
     if len(dataset) == 0:
         return feats, stats
     workers = loader_workers(num_workers)
@@ -225,24 +243,77 @@ def encode_tiles(
         pin_memory=encoder.device.startswith("cuda") and torch.cuda.is_available(),
     )
     done = 0
+    chunk = 1  # the first sub-batch measures the encoder's speed; the first progress comes early
     tick = time.perf_counter()
     try:
         for tiles, seconds in loader:
             stats.wait_s += time.perf_counter() - tick
             stats.read_s += float(seconds.sum())
-            start = time.perf_counter()
-            out = encoder.encode(tiles.numpy())
-            stats.encode_s += time.perf_counter() - start
-            feats[done : done + len(out)] = out
-            done += len(out)
-            if progress is not None:
-                progress(done)
+            tiles_np = tiles.numpy()
+            lo = 0
+            while lo < len(tiles_np):
+                if cancel is not None:
+                    cancel.check("feature extraction")
+                part = tiles_np[lo : lo + chunk]
+                lo += len(part)
+                start = time.perf_counter()
+                feats[done : done + len(part)] = encoder.encode(part)
+                took = time.perf_counter() - start
+                stats.encode_s += took
+                done += len(part)
+                stats.n_patches = done
+                chunk = int(np.clip(step_seconds * len(part) / max(took, 1e-6), 1, batch_size))
+                if progress is not None:
+                    progress(done)
             tick = time.perf_counter()
+        if cancel is not None:
+            cancel.check("feature extraction")
     finally:
         dataset.close()
-    stats.n_patches = done
-    stats.wall_s = time.perf_counter() - wall
+        stats.wall_s = time.perf_counter() - wall
     return feats, stats
+
+
+def partial_path(root: str | os.PathLike, slide_id: str, mag: str) -> Path:
+    """Where the patches encoded before a cancellation are kept: ``<root>/.<slide_id>.<mag>.partial.npz``."""
+    return Path(root) / f".{slide_id_of(slide_id)}.{mag}.partial.npz"
+
+
+def _grid_key(identity: dict[str, Any], coords: np.ndarray, patch_size_level0: int, read_level: int) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(coords, dtype=np.int64).tobytes())
+    h.update(f"{patch_size_level0}/{read_level}".encode())
+    return h.hexdigest()
+
+
+def save_partial(path: Path, feats: np.ndarray, key: str) -> None:
+    """Keep ``feats`` (the first rows of a grid) for a later run, atomically."""
+    import io
+
+    from histokd_core.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, feats=np.asarray(feats, dtype=np.float32), key=np.array(key))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_partial(path: Path, key: str, dim: int) -> np.ndarray | None:
+    """Features kept by :func:`save_partial` for the same encoder and grid, else None."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                log.info("%s: kept features are for another encoder or grid; starting over", path)
+                return None
+            feats = np.asarray(data["feats"], dtype=np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("%s: unreadable kept features (%s); starting over", path, exc)
+        return None
+    return feats if feats.ndim == 2 and feats.shape[1] == dim else None
 
 
 def _reusable_mags(existing: dict[str, Any] | None, identity: dict[str, Any], group: Path) -> set[str]:
@@ -267,6 +338,7 @@ def extract_slide(
     progress: ProgressCallback | None = None,
     slide_id: str | None = None,
     stain: StainReference | None = None,
+    cancel: CancelToken | None = None,
 ) -> ExtractResult:
     """Extract the features of one slide into ``<root>/<slide_id>.zarr``.
 
@@ -283,7 +355,10 @@ def extract_slide(
     num_workers : tile-reading processes (0: read in this process).
     overwrite : replace stored features made with another encoder or patch size (otherwise
         :class:`DataError`).
-    progress : ``progress(done, total)`` in patches; raising from it aborts cleanly.
+    progress : ``progress(done, total)`` in patches, every ~0.25 s of encoding; raising from it
+        aborts cleanly (the patches done so far are kept for the next run).
+    cancel : checked between encoder sub-batches; a cancelled token raises
+        :class:`~histokd_core.errors.Cancelled` after keeping the patches done so far.
     slide_id : store name; default the file name without its slide extension.
     stain : stain-normalisation reference applied to every patch before encoding
         (:func:`histokd_core.features.stain.cohort_reference`); ``None`` encodes patches as read.
@@ -339,18 +414,40 @@ def extract_slide(
         }
         dimensions = [int(v) for v in slide.dimensions]
     total = sum(len(g) for g in grids.values())
+    token = CancelToken.of(cancel)
     offset = 0
     for i, mag in enumerate(todo):
         grid = grids[mag]
+        key = _grid_key(identity, grid.coords, grid.patch_size_level0, grid.read_level)
+        kept_path = partial_path(root, slide_id, mag)
+        feats = np.empty((len(grid), encoder.dim), dtype=np.float32)
+        kept = load_partial(kept_path, key, encoder.dim)
+        start = 0 if kept is None else min(len(kept), len(grid))
+        if start:
+            feats[:start] = kept[:start]
+            log.info("%s %s: resuming after %d kept patches", slide_id, mag, start)
+            result.status = "resumed"
+            result.n_resumed[mag] = start
         dataset = TileDataset(
-            slide_path, grid.coords, grid.patch_size_level0, grid.read_level, patch_px, mpp, stain
+            slide_path, grid.coords[start:], grid.patch_size_level0, grid.read_level, patch_px, mpp, stain
         )
+        n_done = [start]
 
-        def report(n_done: int, base: int = offset) -> None:
+        def report(n: int, base: int = offset + start, first: int = start) -> None:
+            n_done[0] = first + n
             if progress is not None:
-                progress(base + n_done, total)
+                progress(base + n, total)
 
-        feats, stats = encode_tiles(dataset, encoder, batch_size=batch_size, num_workers=num_workers, progress=report)
+        if start and progress is not None:
+            progress(offset + start, total)
+        try:
+            _, stats = encode_tiles(dataset, encoder, batch_size=batch_size, num_workers=num_workers,
+                                    progress=report, cancel=token, out=feats[start:])
+        except BaseException:
+            if n_done[0] > start:
+                save_partial(kept_path, feats[: n_done[0]], key)
+                log.info("%s %s: kept %d of %d patches in %s", slide_id, mag, n_done[0], len(grid), kept_path)
+            raise
         offset += len(grid)
         attrs = {
             **identity,
@@ -368,6 +465,7 @@ def extract_slide(
         if stain is not None:
             attrs["stain_reference"] = stain.to_attrs()
         write_slide_features(root, slide_id, mag, feats, grid.coords, attrs, overwrite=overwrite and i == 0)
+        kept_path.unlink(missing_ok=True)
         result.n_patches[mag] = len(grid)
         result.stats.add(stats)
         log.info(

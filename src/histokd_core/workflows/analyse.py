@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,38 @@ if TYPE_CHECKING:
     from histokd_core.methods.base import Explanation
 
 log = logging.getLogger(__name__)
+
+
+class ExtractionRate:
+    """Status lines of a running extraction: patches done, patches/s and time left.
+
+    The rate is measured from the first report (so encoder loading and tissue detection do not
+    count) over the patches encoded since then.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self._t0: float | None = None
+        self._n0 = 0
+
+    def message(self, done: int, total: int) -> str:
+        """``"extracting features 120/540 patches, 15.2 patches/s, 28 s left"``."""
+        now = self.clock()
+        head = f"extracting features {done}/{total} patches"
+        if self._t0 is None:
+            self._t0, self._n0 = now, done
+            return head
+        elapsed = now - self._t0
+        if elapsed <= 0 or done <= self._n0:
+            return head
+        per_s = (done - self._n0) / elapsed
+        left = (total - done) / per_s
+        return f"{head}, {per_s:.1f} patches/s, {_duration(left)} left"
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60:02d} s"
 
 
 @dataclass
@@ -56,6 +89,7 @@ def analyse_slide(
     device: str = "auto",
     progress: ProgressFn | None = None,
     cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
+    mpp: float | None = None,
 ) -> Analysis:
     """Explain one slide with a trained (slide-only) model.
 
@@ -70,8 +104,11 @@ def analyse_slide(
     device : "auto" (CUDA when present), "cpu", "cuda".
     progress : receives ``"message"`` :class:`~histokd_core.progress.ProgressEvent` s
         (``fraction`` 0..1 and a status line).
-    cancel : checked between steps (and during extraction); a cancelled token raises
-        :class:`~histokd_core.errors.Cancelled`.
+    cancel : checked between steps and between encoder sub-batches during extraction (about
+        every 0.25 s); a cancelled token raises :class:`~histokd_core.errors.Cancelled`, and the
+        patches extracted so far are kept for the next run.
+    mpp : microns per level-0 pixel of the slide, for extraction; overrides the slide's metadata
+        and is required when the slide has none.
     """
     from histokd_core.devices import resolve_device
     from histokd_core.features.slide_features import slide_id_of
@@ -103,7 +140,11 @@ def analyse_slide(
         encoder_id = meta.get("encoder_id") or meta.get("data_info", {}).get("encoder_id")
         if not encoder_id:
             raise DataError(f"{checkpoint}: the checkpoint does not say which encoder made its features")
-        step(0.05, f"loading encoder {encoder_id}")
+        from histokd_core.slide import open_slide
+
+        with open_slide(slide_path, mpp=mpp) as slide:
+            slide.require_mpp()  # before the encoder loads: a missing mpp fails at once
+        step(0.02, f"loading encoder {encoder_id}")
         encoder = get_encoder(spec_from_id(encoder_id), device=str(dev))
         if encoder.id != encoder_id:
             raise DataError(
@@ -118,12 +159,15 @@ def analyse_slide(
                     [slide_id])
         save_reference(extract_to, reference)
 
-        def extract_progress(done: int, total: int) -> None:
-            step(0.1 + 0.6 * done / max(total, 1), f"extracting features {done}/{total}")
+        rate = ExtractionRate()
 
+        def extract_progress(done: int, total: int) -> None:
+            step(0.1 + 0.6 * done / max(total, 1), rate.message(done, total))
+
+        step(0.08, "reading the slide and finding tissue")
         mags = ("20x", "10x") if meta.get("data_info", {}).get("has_10x") else ("20x",)
         extract_slide(slide_path, extract_to, encoder, magnifications=mags, slide_id=slide_id,
-                      progress=extract_progress, stain=reference)
+                      progress=extract_progress, stain=reference, cancel=token, mpp=mpp)
         features = Path(extract_to)
     features = Path(features)
     step(0.75, "reading features")
