@@ -149,29 +149,3 @@ def test_sample_data_opens_with_planted_regions(make_napari_viewer, tmp_path, mo
     assert slide.multiscale and slide.metadata["mpp"] == 0.5
     assert len(regions.data) == 2 and set(regions.features["kind"]) == {"tumor", "immune"}
     assert list(tmp_path.glob("samples/*.tif"))
-
-
-@pytest.mark.gui
-def test_patch_grid_widget_reports_missing_mpp(make_napari_viewer, qtbot, shared_data):
-    from napari_histokd._widgets.patch_grid import PatchGridWidget
-
-    viewer = make_napari_viewer()
-    with pytest.warns(UserWarning, match="mpp"):
-        path = shared_data / "slides" / "TCGA-CR-7395-01A-01-TS1.svs"
-        [layer] = viewer.open(str(path), plugin="napari-histokd")
-    assert layer.metadata["mpp_missing"] and layer.scale[0] == 1.0
-    widget = PatchGridWidget(viewer)
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    assert "--mpp" in widget.status.text()
-    assert not any(la.name.endswith("patches") for la in viewer.layers)
-    widget.mpp.setValue(0.25)  # the user supplies it: now it works
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    points = viewer.layers[f"{layer.name} patches"]
-    # the slide layer is in pixels (no mpp in the file), so the overlay must be too
-    assert points.data[:, 0].max() < 3567 and points.data[:, 1].max() < 4443
-    assert points.size.max() == pytest.approx(512)  # 256 px at 0.5 um/px from 0.25 um/px
-    widget.close()

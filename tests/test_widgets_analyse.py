@@ -206,28 +206,125 @@ def test_pathway_selector_swaps_map_and_legends(make_napari_viewer, trained):
     slide_layer = viewer.add_image(data, **kwargs)
     w = AnalyseWidget(viewer)
     expl = rich_explanation()
-    w.analysis = Analysis(expl, {"method": "test"}, "s", trained.features)
-    w.layers = add_analysis_layers(viewer, w.analysis, MPP)
+    w.analysis = Analysis(expl, {"method": "test", "data_info": {"driver_pathways": ["HALLMARK_HYPOXIA"]}},
+                          "s", trained.features)
+    w.layers = add_analysis_layers(viewer, w.analysis, MPP, units=("um", "um"))
     w.show_results()
     assert {"attention", "pathway", "clusters:tumor", "clusters:tme", "memory", "top_patches"} <= set(w.layers)
-    # ranked: APOPTOSIS (0.7) first, and shown first
-    assert w.pathways.item(0).text().startswith("HALLMARK_APOPTOSIS")
+    # a calm viewer: only the main map (attention) is visible, with its colour bar
+    visible = [k for k, lyr in w.layers.items() if lyr.visible and k != "top_patches"]
+    assert visible == ["attention"]
+    assert w.layers["attention"].colorbar.visible
+    # ranked by |score|: APOPTOSIS (0.7) first, with rank, signed contribution and its meaning
+    first = w.pathways.item(0)
+    assert first.text().startswith("1. HALLMARK_APOPTOSIS") and "+0.7 (raises risk)" in first.text()
+    assert "HALLMARK_APOPTOSIS" in first.toolTip() and "gradient x input" in first.toolTip()
+    # the data names HYPOXIA as the planted driver: highlighted
+    assert "[planted driver]" in w.pathways.item(1).text() and w.pathways.item(1).font().bold()
     layer = w.layers["pathway"]
     before = np.array(layer.data)
     w.pathways.setCurrentRow(1)
     assert layer.metadata["pathway"] == "HALLMARK_HYPOXIA"
     assert not np.allclose(np.array(layer.data), before, equal_nan=True)
-    # Labels: ids shifted by one, -1 is background, legend of sizes
+    assert [k for k, lyr in w.layers.items() if lyr.visible and k != "top_patches"] == ["pathway"]
+    # top patches follow the shown map: HYPOXIA's ranked patches, labelled 1..k
+    top = w.layers["top_patches"]
+    n = len(expl.coords)
+    expected = np.argsort(-expl.pathway_maps["HALLMARK_HYPOXIA"], kind="stable")[: len(top.data)]
+    np.testing.assert_array_equal(top.features["index"], expected)
+    assert top.features["rank"].tolist() == list(range(1, len(expected) + 1))
+    assert w.top_list.count() == len(expected) and w.top_list.item(0).text().startswith("#1")
+    assert "x uniform" in w.top_list.item(0).text()
+    assert expl.pathway_maps["HALLMARK_HYPOXIA"][expected[0]] * n == pytest.approx(
+        float(w.top_list.item(0).text().split()[1]), rel=1e-2)
+    # Labels: ids shifted by one, -1 is background, legend of sizes with colour swatches; read-only
     tumor = w.layers["clusters:tumor"]
     assert tumor.metadata["legend"] == {k: int((expl.clusters["tumor"] == k).sum()) for k in range(3)}
-    assert "tumor: #0:" in w.clusters_legend.text()
+    assert "tumor" in w.clusters_legend.text() and "#0:" in w.clusters_legend.text()
+    assert "background-color:#1f77b4" in w.clusters_legend.text()  # cluster 0's colour
+    assert not tumor.editable
     for lyr in (layer, tumor, w.layers["attention"]):
         np.testing.assert_allclose(outer_bounds(lyr), outer_bounds(slide_layer), atol=1e-6)
-    # memory selector shows the component and its top patches
+    # memory selector: names, not numbers; shows the component and its top patches only
+    assert w.component.itemText(1) == "C-0 (negative-class component 0)"
     w.component.setCurrentIndex(1)
     assert viewer.dims.point[0] == 1
-    assert w.layers["top_patches"].shown.tolist() == [False] * 3 + [True] * 3
-    assert "P(positive) 0.800" in w.prediction.text() and "positive" in w.prediction.text()
+    assert top.features["index"].tolist() == [5, 6, 7] and top.visible
+    assert w.layers["memory"].visible and not w.layers["pathway"].visible
+    assert "P(positive) 0.800" in w.prediction.text() and "P(positive) >= 0.5" in w.prediction.text()
+    # clusters: no colour bar, no top patches
+    w.show_map("clusters:tumor")
+    assert not top.visible and not w.colourbar.isVisible()
+
+
+def test_colour_bar_has_the_unit_and_range_of_the_map(make_napari_viewer, trained):
+    """Attention in multiples of uniform: the bar runs 0 .. max(2, slide max), the napari colour
+    bar is on for the shown map only, and a nearly flat map says so."""
+    from histokd_core.methods.base import Explanation as E
+    from histokd_core.workflows import Analysis
+    from napari_histokd._widgets.analyse import AnalyseWidget, add_analysis_layers
+
+    viewer = make_napari_viewer(show=True)
+    w = AnalyseWidget(viewer)
+    expl = rich_explanation()
+    w.analysis = Analysis(expl, {}, "s", trained.features)
+    w.layers = add_analysis_layers(viewer, w.analysis, MPP, units=("um", "um"))
+    w.show_results()
+    att = w.layers["attention"]
+    n = len(expl.coords)
+    top = float(np.max(expl.attention) * n)
+    assert att.contrast_limits == pytest.approx([0.0, max(2.0, top)])
+    assert np.nanmax(att.data) == pytest.approx(top, rel=1e-6)  # data in multiples of uniform
+    assert w.colourbar.caption() == "x uniform (1/n)"
+    assert w.colourbar.tick_labels() == ["0", f"{max(2.0, top) / 2:.3g}", f"{max(2.0, top):.3g}"]
+    assert att.colorbar.visible and not w.layers["pathway"].colorbar.visible
+    assert att.colormap.colors[0][3] == 0.0  # transparent at the low end
+    assert "relative to uniform" in w.legend_note.text()
+    # the memory map is a cosine similarity on a symmetric, diverging scale
+    w.show_map("memory")
+    lo, hi = w.layers["memory"].contrast_limits
+    assert lo == -hi and w.colourbar.caption() == "cosine similarity"
+    assert w.layers["memory"].colorbar.visible and not att.colorbar.visible
+    # the CMU case: 35 patches with attention 0.0275..0.0295 is flagged, not stretched
+    flat = np.linspace(0.0275, 0.0295, 35)
+    flat_expl = E(coords=expl.coords[:35], patch_size=P, attention=flat / flat.sum())
+    w.analysis = Analysis(flat_expl, {}, "s", trained.features)
+    w.layers = add_analysis_layers(viewer, w.analysis, MPP, units=("um", "um"))
+    w.show_results()
+    assert w.layers["attention"].contrast_limits == [0.0, 2.0]
+    assert "nearly uniform" in w.legend_note.text()
+    w.grab()  # the bar paints
+
+
+def test_rerun_replaces_the_previous_layers_and_top_patch_click_moves_the_camera(
+        make_napari_viewer, qtbot, trained):
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_slides(str(trained.slide.path))
+    viewer.add_image(data, **kwargs)
+    w = AnalyseWidget(viewer)
+    w.checkpoint.setText(str(trained.checkpoint))
+    w.features.setText(str(trained.features))
+    w.slide_id.setText("slide")
+    w.device.setCurrentText("cpu")
+    run_analysis(w, qtbot, 60_000)
+    names = sorted(layer.name for layer in viewer.layers)
+    first = dict(w.layers)
+    w.analysis = None
+    run_analysis(w, qtbot, 60_000)
+    assert sorted(layer.name for layer in viewer.layers) == names  # replaced, not stacked
+    assert all(layer not in viewer.layers for layer in first.values())
+    assert len(viewer.layers) == 1 + len(w.layers)
+    # the top-patch list centres the camera on the patch it names
+    assert w.top_list.count() > 0
+    expl = w.analysis.explanation
+    viewer.camera.center = (0.0, 0.0)
+    w.top_list.setCurrentRow(2)
+    x, y = expl.coords[w._top[2]]
+    centre = ((y + (P - 1) / 2) * MPP, (x + (P - 1) / 2) * MPP)
+    np.testing.assert_allclose(viewer.camera.center[-2:], centre, atol=1e-6)
+    assert viewer.camera.zoom == pytest.approx(600.0 / (4 * P * MPP))
 
 
 def test_layers_follow_a_pixel_unit_slide():
@@ -235,6 +332,7 @@ def test_layers_follow_a_pixel_unit_slide():
     layers = {k["name"]: (d, k, t) for d, k, t in explanation_layers(expl, world_mpp=1.0)}
     d, k, t = layers["attention"]
     assert k["scale"] == (256.0, 256.0) and k["translate"] == (127.5, 127.5)
+    assert k["visible"] and not layers["pathway"][1]["visible"]
     d, k, t = layers["memory components"]
     assert d.shape == (2, H // P, W // P) and k["scale"] == (1.0, 256.0, 256.0)
 
@@ -251,7 +349,7 @@ def test_export_widget_regions_top_patches_and_overwrite(make_napari_viewer, tra
     viewer.add_image(data, **kwargs)
     expl = rich_explanation()
     layers = add_analysis_layers(viewer, Analysis(expl, {}, "s", trained.features, trained.slide.path), MPP,
-                                 slide_mpp=MPP)
+                                 units=("um", "um"), slide_mpp=MPP)
     w = ExportWidget(viewer)
     w.heatmap.setCurrentText(layers["attention"].name)
     w.set_quantile()
@@ -259,12 +357,15 @@ def test_export_widget_regions_top_patches_and_overwrite(make_napari_viewer, tra
     out = tmp_path / "regions.geojson"
     w.out.setText(str(out))
     assert w.export_regions() == out
-    expected = threshold_regions(rasterize(expl.coords, expl.attention, P), thr)
+    # the heatmap is in multiples of uniform attention (1/n): so is the threshold
+    expected = threshold_regions(rasterize(expl.coords, expl.attention * len(expl.coords), P), thr)
     anns = read_geojson(out)
     assert len(anns) == len(expected)
     assert anns[0].geometry.equals(expected[0].polygon)
     assert anns[0].measurements["Area µm^2"] == pytest.approx(expected[0].polygon.area * MPP**2)
     shapes = viewer.layers[f"{layers['attention'].name} regions"]
+    # same units as the slide: no "Inconsistent units" warning, the scale bar stays in um
+    assert {str(u) for layer in viewer.layers for u in layer.units[-2:]} == {"micrometer"}
     # the region outline lies on patch edges in world microns: (x - 0.5) * mpp
     xs = np.asarray(shapes.data[0])[:, 1] / MPP + 0.5
     assert np.allclose(xs % P, 0)

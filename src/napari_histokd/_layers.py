@@ -2,9 +2,10 @@
 
 Every layer is placed with :mod:`histokd_core.slide.geometry` (pixel-centre convention), in the
 slide layer's world units (``world_mpp`` = microns per level-0 px, or 1.0 for a slide shown in
-pixels). Heatmaps are float images with NaN where no patch lies (transparent), explicit
-contrast limits and a perceptual colormap; cluster maps are Labels; memory components are one
-``(K, rows, cols)`` image; top patches are a Points layer of squares.
+pixels). Heatmaps are float images in their map's unit (attention: multiples of uniform) with NaN
+where no patch lies (transparent), the range and colour table of
+:mod:`histokd_core.explain.colour`; cluster maps are Labels; memory components are one
+``(K, rows, cols)`` image; top patches are a Points layer of ranked, labelled squares.
 """
 
 from __future__ import annotations
@@ -14,58 +15,69 @@ from typing import Any
 import numpy as np
 
 from histokd_core.explain import cluster_sizes, label_color, rasterize, rasterize_labels
+from histokd_core.explain.colour import MapKind, MapScale, ScaleMode, map_scale, to_display
 from histokd_core.methods.base import Explanation
 from histokd_core.slide.geometry import patch_centres_world
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-HEATMAP_COLORMAP = "inferno"
-PATHWAY_COLORMAP = "viridis"
-MEMORY_COLORMAP = "magma"
+#: the map shown first after Analyse (the others are added hidden), in order of preference.
+MAIN_MAPS = ("attention", "pathway", "memory")
 
 
-def contrast_limits(values: np.ndarray) -> list[float]:
-    """``[low, high]`` of the finite values (2nd-98th percentile), never a zero-width range."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return [0.0, 1.0]
-    lo, hi = np.percentile(v, [2, 98])
-    if not hi > lo:
-        lo, hi = float(v.min()), float(v.max())
-    if not hi > lo:
-        hi = lo + (abs(lo) * 1e-6 or 1e-6)
-    return [float(lo), float(hi)]
+def napari_colormap(scale: MapScale):
+    """A napari ``Colormap`` from the RGBA table of a :class:`MapScale`."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(scale.colormap, name=scale.colormap_name, interpolation="linear")
 
 
-def _heatmap(expl: Explanation, values, name: str, cmap: str, world_mpp: float, kind: str, stride):
-    raster = rasterize(expl.coords, values, expl.patch_size, stride=stride)
+def scale_metadata(scale: MapScale) -> dict[str, Any]:
+    """What the dock's legend shows for a map: unit, range, mode, meaning, near-uniform note."""
+    return {"unit": scale.unit, "low": scale.low, "high": scale.high, "mode": scale.mode,
+            "meaning": scale.meaning, "note": scale.note, "near_uniform": scale.near_uniform,
+            "label": scale.label}
+
+
+def _raster_meta(raster, world_mpp: float) -> dict[str, Any]:
+    return {"raster_mode": raster.mode, "cell_level0": raster.cell, "footprint_level0": raster.footprint,
+            "origin_xy": raster.origin_xy, "world_mpp": world_mpp}
+
+
+def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, map_kind: MapKind,
+             stride, mode: ScaleMode, cohort: dict[str, MapScale] | None):
+    display = to_display(values, map_kind, n_patches=len(expl.coords))
+    raster = rasterize(expl.coords, display, expl.patch_size, stride=stride)
+    scale = map_scale(display, map_kind, mode, (cohort or {}).get(map_kind))
     kwargs = {
         "name": name,
-        "colormap": cmap,
-        "contrast_limits": contrast_limits(raster.grid),
-        "opacity": 0.6,
+        "colormap": napari_colormap(scale),
+        "contrast_limits": scale.contrast_limits,
+        "opacity": 1.0,
         "blending": "translucent",
         "interpolation2d": "nearest",
-        "metadata": {"histokd_kind": kind, "raster_mode": raster.mode, "cell_level0": raster.cell,
-                     "footprint_level0": raster.footprint, "origin_xy": raster.origin_xy,
-                     "world_mpp": world_mpp},
+        "metadata": {"histokd_kind": kind, "map_kind": map_kind, "scale": scale_metadata(scale),
+                     **_raster_meta(raster, world_mpp)},
         **raster.transform(world_mpp).as_kwargs(),
     }
     return raster, (raster.grid.astype(np.float32), kwargs, "image")
 
 
 def ranked_pathways(expl: Explanation) -> list[str]:
-    """Pathway names, most important first (``pathway_scores``; map order when unscored)."""
+    """Pathway names, largest absolute score first (the sign says the direction; map order when
+    unscored)."""
     names = list(expl.pathway_maps)
-    return sorted(names, key=lambda n: -float(expl.pathway_scores.get(n, -np.inf)))
+    return sorted(names, key=lambda n: -abs(float(expl.pathway_scores.get(n, 0.0))))
 
 
 def pathway_grids(expl: Explanation, stride: int | None = None) -> dict[str, np.ndarray]:
-    """Rasterised pathway maps in rank order (computed once; the widget swaps between them)."""
+    """Rasterised pathway maps in multiples of uniform, in rank order (computed once; the widget
+    swaps between them)."""
+    n = len(expl.coords)
     return {
-        n: rasterize(expl.coords, expl.pathway_maps[n], expl.patch_size, stride=stride).grid.astype(np.float32)
-        for n in ranked_pathways(expl)
+        name: rasterize(expl.coords, to_display(expl.pathway_maps[name], "attention", n), expl.patch_size,
+                        stride=stride).grid.astype(np.float32)
+        for name in ranked_pathways(expl)
     }
 
 
@@ -75,26 +87,35 @@ def explanation_layers(
     prefix: str = "",
     stride: int | None = None,
     units: tuple[str, str] | None = None,
+    scale_mode: ScaleMode = "slide",
+    cohort: dict[str, MapScale] | None = None,
 ) -> list[LayerData]:
     """All overlays of an Explanation, in world units of ``world_mpp`` per level-0 pixel.
 
-    Layers (present when the Explanation has the field): ``attention`` heatmap; ``pathway``
-    heatmap showing the top-ranked pathway (``metadata["pathway_grids"]`` holds every pathway's
-    grid in rank order); one Labels per cluster map (``metadata["legend"]``: cluster id ->
-    patch count); ``memory`` ``(K, rows, cols)`` activations; ``top patches`` Points with
-    ``features`` (``map``, ``rank``, ``x``, ``y``). ``units`` (the slide layer's, e.g.
-    ``("micrometer", "micrometer")``) are given to every layer so napari keeps physical units.
+    Layers (present when the Explanation has the field): ``attention`` heatmap and ``pathway``
+    heatmap (top-ranked pathway; ``metadata["pathway_grids"]`` holds every pathway's grid in rank
+    order), both in multiples of uniform attention (1/n); one Labels per cluster map
+    (``metadata["legend"]``: cluster id -> patch count, ``metadata["colors"]``: id -> RGB);
+    ``memory`` ``(K, rows, cols)`` cosine similarities; ``top patches`` Points of the main map
+    (``metadata["top"]`` holds every map's ranked patches; the widget shows one map at a time).
+    Every heatmap carries ``metadata["scale"]`` (:func:`scale_metadata`) and a colormap from
+    :mod:`histokd_core.explain.colour`, with ``scale_mode`` (``cohort`` takes a scale per map
+    kind in ``cohort``). Only the main map (:data:`MAIN_MAPS`) is visible. ``units`` (the slide
+    layer's, e.g. ``("micrometer", "micrometer")``) are given to every layer so napari keeps
+    physical units.
     """
     layers: list[LayerData] = []
     p = f"{prefix} " if prefix else ""
     if expl.attention is not None:
-        _, layer = _heatmap(expl, expl.attention, f"{p}attention", HEATMAP_COLORMAP, world_mpp, "attention", stride)
+        _, layer = _heatmap(expl, expl.attention, f"{p}attention", world_mpp, "attention", "attention",
+                            stride, scale_mode, cohort)
         layers.append(layer)
     if expl.pathway_maps:
         grids = pathway_grids(expl, stride)
         first = next(iter(grids))
         _, (data, kwargs, kind) = _heatmap(
-            expl, expl.pathway_maps[first], f"{p}pathway", PATHWAY_COLORMAP, world_mpp, "pathway", stride
+            expl, expl.pathway_maps[first], f"{p}pathway", world_mpp, "pathway", "attention", stride,
+            scale_mode, cohort,
         )
         kwargs["metadata"].update(pathway_grids=grids, pathway=first,
                                   pathway_scores={n: float(expl.pathway_scores.get(n, np.nan)) for n in grids})
@@ -110,7 +131,8 @@ def explanation_layers(
             "name": f"{p}{cname} clusters",
             "opacity": 0.5,
             "colormap": DirectLabelColormap(color_dict=colors),
-            "metadata": {"histokd_kind": "clusters", "clusters": cname, "legend": sizes, "world_mpp": world_mpp},
+            "metadata": {"histokd_kind": "clusters", "clusters": cname, "legend": sizes,
+                         "colors": {k: label_color(k) for k in sizes}, "world_mpp": world_mpp},
             **raster.transform(world_mpp).as_kwargs(),
         }, "labels"))
     if expl.memory is not None and len(expl.memory):
@@ -118,39 +140,66 @@ def explanation_layers(
         rasters = [rasterize(expl.coords, row, expl.patch_size, stride=stride) for row in mem]
         t = rasters[0].transform(world_mpp)
         names = expl.memory_names or [f"component {i}" for i in range(len(mem))]
+        scale = map_scale(mem, "similarity", scale_mode,
+                          (cohort or {}).get("similarity"))
         layers.append((np.stack([r.grid for r in rasters]).astype(np.float32), {
             "name": f"{p}memory components",
-            "colormap": MEMORY_COLORMAP,
-            "contrast_limits": contrast_limits(mem),
-            "opacity": 0.6,
+            "colormap": napari_colormap(scale),
+            "contrast_limits": scale.contrast_limits,
+            "opacity": 1.0,
             "blending": "translucent",
             "interpolation2d": "nearest",
             "scale": (1.0, *t.scale),
             "translate": (0.0, *t.translate),
-            "metadata": {"histokd_kind": "memory", "memory_names": names, "world_mpp": world_mpp,
-                         "raster_mode": rasters[0].mode, "cell_level0": rasters[0].cell,
-                         "footprint_level0": rasters[0].footprint, "origin_xy": rasters[0].origin_xy},
+            "metadata": {"histokd_kind": "memory", "memory_names": names, "map_kind": "similarity",
+                         "scale": scale_metadata(scale), **_raster_meta(rasters[0], world_mpp)},
         }, "image"))
+    main = next((k for k in MAIN_MAPS for _, kw, _ in layers if kw["metadata"].get("histokd_kind") == k), None)
+    for _, kw, _ in layers:
+        kw["visible"] = kw["metadata"]["histokd_kind"] == main
     if expl.top_patches:
-        rows = [(name, r, int(i)) for name, idx in expl.top_patches.items() for r, i in enumerate(np.asarray(idx).ravel())]
-        if rows:
-            idx = np.array([i for _, _, i in rows])
-            centres = patch_centres_world(expl.coords[idx], expl.patch_size, world_mpp)
-            layers.append((centres, {
-                "name": f"{p}top patches",
-                "symbol": "square",
-                "size": expl.patch_size * world_mpp,
-                "face_color": "transparent",
-                "border_color": "cyan",
-                "border_width": 0.08,
-                "features": {"map": [n for n, _, _ in rows], "rank": [r + 1 for _, r, _ in rows],
-                             "x": expl.coords[idx, 0], "y": expl.coords[idx, 1]},
-                "metadata": {"histokd_kind": "top_patches", "world_mpp": world_mpp},
-            }, "points"))
+        top = {name: [int(i) for i in np.asarray(idx).ravel()] for name, idx in expl.top_patches.items()}
+        first = _main_top(top, main, layers)
+        centres, feats = top_patch_points(expl, top.get(first, []), first, world_mpp)
+        layers.append((centres, {
+            "name": f"{p}top patches",
+            "symbol": "square",
+            "size": expl.patch_size * world_mpp,
+            "face_color": "transparent",
+            "border_color": "cyan",
+            "border_width": 0.08,
+            "features": feats,
+            "text": {"string": "#{rank}", "color": "cyan", "size": 10, "anchor": "upper_left"},
+            "metadata": {"histokd_kind": "top_patches", "world_mpp": world_mpp, "top": top, "map": first},
+        }, "points"))
     if units is not None:
         for data, kwargs, _ in layers:
             kwargs["units"] = ("pixel", *units) if len(kwargs.get("scale", (0, 0))) == 3 else tuple(units)
     return layers
+
+
+def _main_top(top: dict[str, list[int]], main: str | None, layers: list[LayerData]) -> str:
+    """Which map's top patches to show first: the main map's (the top pathway for a pathway map,
+    the first component for memory), else the first listed."""
+    if main == "attention" and "attention" in top:
+        return "attention"
+    for _, kw, _ in layers:
+        m = kw["metadata"]
+        if main == "pathway" and m.get("histokd_kind") == "pathway" and m["pathway"] in top:
+            return m["pathway"]
+        if main == "memory" and m.get("histokd_kind") == "memory" and m["memory_names"][0] in top:
+            return m["memory_names"][0]
+    return next(iter(top))
+
+
+def top_patch_points(expl: Explanation, indices: list[int], name: str, world_mpp: float):
+    """World centres ``(k, 2)`` and features (``map``, ``rank``, ``x``, ``y``, ``index``) of the
+    ranked top patches of one map."""
+    idx = np.asarray(indices, dtype=np.int64)
+    centres = patch_centres_world(expl.coords[idx], expl.patch_size, world_mpp) if idx.size else np.zeros((0, 2))
+    feats = {"map": [name] * len(idx), "rank": np.arange(1, len(idx) + 1), "x": expl.coords[idx, 0],
+             "y": expl.coords[idx, 1], "index": idx}
+    return centres, feats
 
 
 def layer_raster(layer, component: int = 0):
@@ -167,11 +216,21 @@ def layer_raster(layer, component: int = 0):
 
 
 def prediction_text(expl: Explanation, method: str = "") -> str:
-    """One line for the widget: risk or probability, and the risk group."""
+    """The prediction in words: risk (with what it means) or probability, and the group with the
+    rule that made it."""
     parts = [method] if method else []
     if expl.risk is not None:
-        parts.append(f"risk {expl.risk:.3f}")
+        parts.append(f"risk score {expl.risk:.3f} (the model's log relative hazard: higher means "
+                     "shorter expected survival; only its rank among patients matters)")
     if expl.probability is not None:
         parts.append(f"P(positive) {expl.probability:.3f}")
-    parts.append(f"group: {expl.risk_group}" if expl.risk_group else "group: n/a (no fold predictions)")
-    return " | ".join(parts)
+    if expl.risk_group in ("high", "low"):
+        side = "above" if expl.risk_group == "high" else "at or below"
+        parts.append(f"group: {expl.risk_group} risk ({side} the median risk of the fold's test cases)")
+    elif expl.risk_group:
+        rule = " (P(positive) >= 0.5)" if expl.risk_group == "positive" else \
+            " (P(positive) < 0.5)" if expl.risk_group == "negative" else ""
+        parts.append(f"group: {expl.risk_group}{rule}")
+    else:
+        parts.append("group: n/a (the run left no test predictions to split at)")
+    return "\n".join(parts)

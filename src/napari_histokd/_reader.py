@@ -21,6 +21,9 @@ SLIDE_SUFFIXES = TIFF_SUFFIXES + OPENSLIDE_SUFFIXES + (".dcm",)
 
 LayerData = tuple[Any, dict[str, Any], str]
 
+#: appended to the name of a slide layer whose file has no microns per pixel.
+NO_MPP_SUFFIX = " [no mpp: pixels]"
+
 
 def get_slide_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """Return :func:`read_slides` when every path looks like a slide we read, else ``None``.
@@ -52,11 +55,15 @@ def _claims(p: Path) -> bool:
 def slide_layer_data(slide: Slide, name: str | None = None) -> LayerData:
     """``(data, kwargs, "image")`` for a slide: multiscale RGB with ``scale = (mpp, mpp)``.
 
-    Without mpp the layer is in pixel units and ``metadata["mpp_missing"]`` is True.
+    Without mpp the layer is in pixel units, ``metadata["mpp_missing"]`` is True and the name
+    ends with :data:`NO_MPP_SUFFIX` (the docks ask for the mpp and drop the suffix once given).
     """
     levels = slide.display_levels
+    name = name or (slide.path.name if slide.path.is_dir() else slide.path.stem)
+    if slide.mpp is None:
+        name += NO_MPP_SUFFIX
     kwargs: dict[str, Any] = {
-        "name": name or (slide.path.name if slide.path.is_dir() else slide.path.stem),
+        "name": name,
         "rgb": True,
         "multiscale": len(levels) > 1,
         "contrast_limits": [0, 255],

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from qtpy.QtCore import QObject, Signal
 
 from histokd_core.errors import HistoKDError
+from napari_histokd._reader import NO_MPP_SUFFIX
 
 if TYPE_CHECKING:
     import napari
@@ -39,3 +42,41 @@ def slide_layers(viewer: napari.Viewer) -> list:
     """Image layers that hold slides opened by this plugin's reader (or any RGB image)."""
     out = [layer for layer in viewer.layers if layer.metadata.get("histokd_kind") == "slide"]
     return out or [layer for layer in viewer.layers if getattr(layer, "rgb", False)]
+
+
+def mpp_hint(metadata: dict) -> str:
+    """One line next to an mpp field: where the slide's mpp comes from, or what to enter."""
+    mpp, power = metadata.get("mpp"), metadata.get("magnification")
+    if mpp:
+        src = metadata.get("mpp_source") or "file"
+        extra = f", objective {power:g}x" if power and not metadata.get("magnification_estimated") else ""
+        return f"{mpp:g} um/px from the {src}{extra}"
+    if power:
+        return (f"not in the file; objective {power:g}x suggests about {10.0 / power:g} um/px "
+                "(check the scanner)")
+    return "not in the file: enter it (0.25 um/px = 40x scan, 0.5 um/px = 20x scan)"
+
+
+def apply_mpp(viewer: napari.Viewer, layer, mpp: float) -> None:
+    """Give a slide layer shown in pixels (no mpp in its file) the user's ``mpp``: it and every
+    other layer in pixel units are rescaled to microns, so overlays, the scale bar and exports
+    carry microns and areas. No-op when the layer already has this mpp."""
+    mpp = float(mpp)
+    if layer.metadata.get("mpp") == mpp and _in_microns(layer):
+        return
+    factor = mpp / float(layer.scale[-1])
+    for other in viewer.layers:
+        if other is layer or _in_microns(other) or other.metadata.get("histokd_kind") == "slide":
+            continue
+        other.scale = (*other.scale[:-2], *(np.asarray(other.scale[-2:]) * factor))
+        other.translate = (*other.translate[:-2], *(np.asarray(other.translate[-2:]) * factor))
+        other.units = (*other.units[:-2], "um", "um")
+    layer.scale = (*layer.scale[:-2], mpp, mpp)
+    layer.units = (*layer.units[:-2], "um", "um")
+    layer.metadata.update(mpp=mpp, mpp_y=mpp, mpp_source="entered in the viewer", mpp_missing=False)
+    if layer.name.endswith(NO_MPP_SUFFIX):
+        layer.name = layer.name[: -len(NO_MPP_SUFFIX)]
+
+
+def _in_microns(layer) -> bool:
+    return str(layer.units[-1]) in ("micrometer", "um", "µm")

@@ -1,20 +1,30 @@
-"""Analyse dock: a slide + a trained checkpoint -> attention, pathway, cluster and memory overlays."""
+"""Analyse dock: a slide + a trained checkpoint -> attention, pathway, cluster and memory overlays.
+
+After a run only the main map is visible; the "map" selector shows one map at a time with its
+colour bar (unit, range, near-uniform note) and its ranked top patches, which the list centres
+the camera on. A rerun, or a run on another slide, replaces the layers of the previous run.
+"""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QBrush, QColor, QFont
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -23,12 +33,28 @@ from qtpy.QtWidgets import (
 
 from histokd_core.cancel import CancelToken
 from histokd_core.errors import Cancelled
+from histokd_core.explain.colour import PATHWAY_SCORE_UNIT, pathway_score_text, to_display
+from histokd_core.slide.geometry import patch_centres_world
 from histokd_core.workflows import Analysis, analyse_slide
-from napari_histokd._layers import explanation_layers, prediction_text
-from napari_histokd._widgets._common import WorkerSignals, notify_error, slide_layers
+from napari_histokd._layers import explanation_layers, prediction_text, top_patch_points
+from napari_histokd._widgets._common import (
+    WorkerSignals,
+    apply_mpp,
+    mpp_hint,
+    notify_error,
+    slide_layers,
+)
+from napari_histokd._widgets._legend import ColourBar
 
 if TYPE_CHECKING:
     import napari
+
+#: top patches listed per map.
+TOP_K = 8
+#: going to a top patch zooms so that four patches span this many screen pixels.
+ZOOM_SCREEN_PX = 600.0
+#: pathway names longer than this are shortened in the list (full name on hover).
+NAME_CHARS = 34
 
 
 def _path_row(edit: QLineEdit, pick, parent: QWidget) -> QWidget:
@@ -43,30 +69,63 @@ def _path_row(edit: QLineEdit, pick, parent: QWidget) -> QWidget:
     return row
 
 
+def default_extract_dir() -> Path:
+    """Where "extract now" writes features unless told otherwise: ``<cache>/features``."""
+    from napari_histokd._sample_data import cache_dir
+
+    return cache_dir() / "features"
+
+
+def remove_analysis_layers(viewer: napari.Viewer) -> int:
+    """Remove every layer made by a previous Analyse run (so no stale result stays on screen)."""
+    old = [layer for layer in viewer.layers if layer.metadata.get("histokd_analysis")]
+    for layer in old:
+        viewer.layers.remove(layer)
+    return len(old)
+
+
 def add_analysis_layers(
     viewer: napari.Viewer,
     analysis: Analysis,
     world_mpp: float,
     units: tuple[str, str] | None = None,
     slide_mpp: float | None = None,
+    scale_mode: str = "slide",
 ) -> dict[str, Any]:
-    """Add every overlay of ``analysis`` to ``viewer``; returns layers by their histokd kind.
+    """Replace the previous run's overlays by those of ``analysis``; returns layers by kind.
 
     ``world_mpp`` is the slide layer's world units per level-0 pixel (its scale); ``slide_mpp``
-    the slide's microns per pixel, None when the slide does not record it (kept in each layer's
-    metadata for exports, which then give no physical areas)."""
+    the slide's microns per pixel, None when unknown (kept in each layer's metadata for exports,
+    which then give no physical areas). Only the main map is visible; cluster layers are
+    read-only (no paint tools)."""
+    remove_analysis_layers(viewer)
     added: dict[str, Any] = {}
     prefix = analysis.slide_id
-    for data, kwargs, kind in explanation_layers(analysis.explanation, world_mpp, prefix=prefix, units=units):
-        name = kwargs["name"]
-        if name in viewer.layers:
-            viewer.layers.remove(name)
+    for data, kwargs, kind in explanation_layers(analysis.explanation, world_mpp, prefix=prefix, units=units,
+                                                 scale_mode=scale_mode):
         kwargs["metadata"].update(explanation=analysis.explanation, slide_path=analysis.slide_path,
-                                  slide_mpp=slide_mpp)
+                                  slide_mpp=slide_mpp, histokd_analysis=True)
         layer = getattr(viewer, f"add_{kind}")(data, **kwargs)
         key = kwargs["metadata"]["histokd_kind"]
-        added[key if key != "clusters" else f"clusters:{kwargs['metadata']['clusters']}"] = layer
+        if key == "clusters":
+            layer.editable = False
+            key = f"clusters:{kwargs['metadata']['clusters']}"
+        added[key] = layer
     return added
+
+
+def _swatch(rgb) -> str:
+    r, g, b = (int(v) for v in rgb)
+    return (f'<span style="background-color:#{r:02x}{g:02x}{b:02x}; color:#{r:02x}{g:02x}{b:02x}">'
+            "&#9608;&#9608;</span>")
+
+
+def memory_label(name: str) -> str:
+    """``"C+2"`` -> ``"C+2 (positive-class component 2)"``."""
+    if len(name) > 2 and name[0] == "C" and name[1] in "+-" and name[2:].isdigit():
+        side = "positive" if name[1] == "+" else "negative"
+        return f"{name} ({side}-class component {name[2:]})"
+    return name
 
 
 class AnalyseWidget(QWidget):
@@ -83,6 +142,14 @@ class AnalyseWidget(QWidget):
         self.signals.progress.connect(self._on_progress)
 
         self.slide = QComboBox(self)
+        self.mpp = QDoubleSpinBox(self)
+        self.mpp.setRange(0.0, 100.0)
+        self.mpp.setDecimals(4)
+        self.mpp.setSingleStep(0.05)
+        self.mpp.setSpecialValueText("required")
+        self.mpp.setToolTip("microns per level-0 pixel of the slide (0.25 = 40x scan, 0.5 = 20x scan)")
+        self.mpp_hint = QLabel("", self)
+        self.mpp_hint.setWordWrap(True)
         self.checkpoint = QLineEdit(self)
         self.checkpoint.setPlaceholderText("fold_0/student.safetensors")
         self.features = QLineEdit(self)
@@ -90,10 +157,15 @@ class AnalyseWidget(QWidget):
         self.slide_id = QLineEdit(self)
         self.slide_id.setPlaceholderText("default: slide file name")
         self.extract_now = QCheckBox("extract now with the checkpoint's encoder", self)
-        self.extract_to = QLineEdit(self)
-        self.extract_to.setPlaceholderText("folder for extracted features")
+        self.extract_to = QLineEdit(str(default_extract_dir()), self)
+        self.extract_to.setToolTip("features extracted now are kept here and reused (and resumed "
+                                   "after a cancel) next time")
         self.device = QComboBox(self)
         self.device.addItems(["auto", "cpu", "cuda"])
+        self.scale_mode = QComboBox(self)
+        self.scale_mode.addItems(["slide", "fixed"])
+        self.scale_mode.setToolTip("slide: colour range from this slide (never stretched below 2x uniform); "
+                                   "fixed: the same range for every slide (attention 0-4x uniform)")
         self.run_btn = QPushButton("Analyse", self)
         self.cancel_btn = QPushButton("Cancel", self)
         self.cancel_btn.setEnabled(False)
@@ -103,19 +175,33 @@ class AnalyseWidget(QWidget):
         self.status.setWordWrap(True)
         self.prediction = QLabel("", self)
         self.prediction.setWordWrap(True)
+        self.map = QComboBox(self)
+        self.map.setToolTip("the map shown on the slide (the others are hidden)")
+        self.colourbar = ColourBar(self)
+        self.legend_note = QLabel("", self)
+        self.legend_note.setWordWrap(True)
+        self.top_list = QListWidget(self)
+        self.top_list.setToolTip("click a patch to centre the view on it")
+        self.top_list.setMaximumHeight(150)
         self.pathways = QListWidget(self)
+        self.pathway_unit = QLabel(f"score: {PATHWAY_SCORE_UNIT}", self)
+        self.pathway_unit.setWordWrap(True)
         self.clusters_legend = QLabel("", self)
         self.clusters_legend.setWordWrap(True)
+        self.clusters_legend.setTextFormat(Qt.TextFormat.RichText)
         self.component = QComboBox(self)
 
         form = QFormLayout()
         form.addRow("slide layer", self.slide)
+        form.addRow("slide um/px", self.mpp)
+        form.addRow("", self.mpp_hint)
         form.addRow("checkpoint", _path_row(self.checkpoint, self._pick_checkpoint, self))
         form.addRow("features", _path_row(self.features, self._pick_features, self))
         form.addRow("slide id", self.slide_id)
         form.addRow(self.extract_now)
-        form.addRow("extract to", self.extract_to)
+        form.addRow("extract to", _path_row(self.extract_to, self._pick_extract_to, self))
         form.addRow("device", self.device)
+        form.addRow("colour scale", self.scale_mode)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_btn)
         buttons.addWidget(self.cancel_btn)
@@ -126,7 +212,15 @@ class AnalyseWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(QLabel("<b>prediction</b>", self))
         layout.addWidget(self.prediction)
-        layout.addWidget(QLabel("<b>pathways</b> (ranked; click to show)", self))
+        maps = QFormLayout()
+        maps.addRow("<b>map</b>", self.map)
+        layout.addLayout(maps)
+        layout.addWidget(self.colourbar)
+        layout.addWidget(self.legend_note)
+        layout.addWidget(QLabel("<b>top patches</b> of the map (click to go there)", self))
+        layout.addWidget(self.top_list)
+        layout.addWidget(QLabel("<b>pathways</b> (ranked by |score|; click to show its map)", self))
+        layout.addWidget(self.pathway_unit)
         layout.addWidget(self.pathways)
         layout.addWidget(QLabel("<b>clusters</b> (patches per cluster)", self))
         layout.addWidget(self.clusters_legend)
@@ -136,7 +230,11 @@ class AnalyseWidget(QWidget):
 
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
-        self.pathways.currentTextChanged.connect(self._show_pathway_item)
+        self.slide.currentTextChanged.connect(self._on_slide_changed)
+        self.map.currentIndexChanged.connect(self._on_map_changed)
+        self.top_list.itemClicked.connect(lambda item: self.go_to_top_patch(self.top_list.row(item)))
+        self.top_list.currentRowChanged.connect(self.go_to_top_patch)
+        self.pathways.currentRowChanged.connect(self._on_pathway_row)
         self.component.currentIndexChanged.connect(self.show_component)
         self.viewer.layers.events.inserted.connect(self._refresh_slides)
         self.viewer.layers.events.removed.connect(self._refresh_slides)
@@ -145,10 +243,23 @@ class AnalyseWidget(QWidget):
     # -- inputs -------------------------------------------------------------------------------
     def _refresh_slides(self, *_):
         current = self.slide.currentText()
+        self.slide.blockSignals(True)
         self.slide.clear()
         self.slide.addItems([layer.name for layer in slide_layers(self.viewer)])
         if current:
             self.slide.setCurrentText(current)
+        self.slide.blockSignals(False)
+        if self.slide.currentText() != current or not self.mpp_hint.text():
+            self._on_slide_changed()
+
+    def _on_slide_changed(self, *_):
+        """Prefill the mpp from the slide (0 = "required" when the file has none)."""
+        layer = self._slide_layer()
+        if layer is None:
+            self.mpp_hint.setText("")
+            return
+        self.mpp.setValue(float(layer.metadata.get("mpp") or 0.0))
+        self.mpp_hint.setText(mpp_hint(layer.metadata))
 
     def _pick_checkpoint(self):
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "safetensors (*.safetensors)")
@@ -160,6 +271,11 @@ class AnalyseWidget(QWidget):
         if path:
             self.features.setText(path)
 
+    def _pick_extract_to(self):
+        path = QFileDialog.getExistingDirectory(self, "Extract features into")
+        if path:
+            self.extract_to.setText(path)
+
     def _slide_layer(self):
         name = self.slide.currentText()
         if not name or name not in self.viewer.layers:
@@ -168,15 +284,21 @@ class AnalyseWidget(QWidget):
 
     # -- run ----------------------------------------------------------------------------------
     def start(self):
-        """Start the analysis worker (returns it, for tests)."""
+        """Start the analysis worker (returns it, for tests; None when an input is missing)."""
         from napari.qt.threading import create_worker
 
         layer = self._slide_layer()
         if layer is None:
             notify_error(ValueError("open a slide first (File > Open)"), "Analyse")
             return None
+        mpp = self.mpp.value() or None
+        if mpp is None:
+            self.status.setText(notify_error(ValueError(
+                f"{layer.name}: the slide file has no microns per pixel; enter it in 'slide um/px' "
+                "(0.25 = 40x scan, 0.5 = 20x scan)"), "Analyse"))
+            return None
+        apply_mpp(self.viewer, layer, mpp)
         world_mpp = float(layer.scale[-1])
-        slide_mpp = layer.metadata.get("mpp")
         units = tuple(str(u) for u in layer.units[-2:])
         slide_path = layer.metadata.get("path")
         kwargs = dict(
@@ -184,9 +306,11 @@ class AnalyseWidget(QWidget):
             features=None if self.extract_now.isChecked() else (self.features.text().strip() or None),
             slide_id=self.slide_id.text().strip() or (Path(slide_path).stem if slide_path else None),
             slide_path=slide_path,
-            extract_to=self.extract_to.text().strip() or None,
+            extract_to=self.extract_to.text().strip() or str(default_extract_dir()),
             device=self.device.currentText(),
+            mpp=mpp,
         )
+        scale_mode = self.scale_mode.currentText()
         self._cancel.reset()
         worker = create_worker(
             analyse_slide, **kwargs,
@@ -194,7 +318,7 @@ class AnalyseWidget(QWidget):
             cancel=self._cancel,
             _start_thread=False,
             _connect={"errored": self._on_error, "finished": self._on_finished,
-                      "returned": lambda a: self._on_done(a, world_mpp, units, slide_mpp)},
+                      "returned": lambda a: self._on_done(a, world_mpp, units, mpp, scale_mode)},
         )
         self.worker = worker
         self.run_btn.setEnabled(False)
@@ -204,7 +328,7 @@ class AnalyseWidget(QWidget):
         return worker
 
     def cancel(self):
-        """Stop at the next step (the worker raises Cancelled)."""
+        """Stop at the next check (every ~0.25 s of extraction); extracted patches are kept."""
         self._cancel.cancel()
         self.status.setText("cancelling...")
 
@@ -214,7 +338,7 @@ class AnalyseWidget(QWidget):
 
     def _on_error(self, exc: BaseException):
         if isinstance(exc, Cancelled):
-            self.status.setText("cancelled")
+            self.status.setText("cancelled; the patches extracted so far are kept and reused next time")
             return
         self.status.setText(notify_error(exc, "Analyse"))
 
@@ -223,63 +347,184 @@ class AnalyseWidget(QWidget):
         self.cancel_btn.setEnabled(False)
 
     def _on_done(self, analysis: Analysis, world_mpp: float, units: tuple[str, str] | None = None,
-                 slide_mpp: float | None = None):
+                 slide_mpp: float | None = None, scale_mode: str = "slide"):
         self.analysis = analysis
-        self.layers = add_analysis_layers(self.viewer, analysis, world_mpp, units, slide_mpp)
+        self.layers = add_analysis_layers(self.viewer, analysis, world_mpp, units, slide_mpp, scale_mode)
         self.show_results()
         self.status.setText(f"{analysis.slide_id}: {len(analysis.explanation.coords)} patches")
 
     # -- results ------------------------------------------------------------------------------
     def show_results(self):
-        """Fill the prediction line, pathway list, cluster legend and component selector."""
+        """Fill the prediction, map selector, pathway list, cluster legend and component selector."""
         expl = self.analysis.explanation
         self.prediction.setText(prediction_text(expl, self.analysis.method))
-        self.pathways.clear()
-        layer = self.layers.get("pathway")
-        if layer is not None:
-            scores = layer.metadata["pathway_scores"]
-            self.pathways.addItems([f"{n}  ({s:.3g})" for n, s in scores.items()])
+        self._fill_pathways()
         legend = []
         for key, lyr in self.layers.items():
             if key.startswith("clusters:"):
-                sizes = lyr.metadata["legend"]
-                legend.append(f"{key[9:]}: " + ", ".join(f"#{k}: {v}" for k, v in sizes.items()))
-        self.clusters_legend.setText("\n".join(legend) or "none")
+                sizes, colors = lyr.metadata["legend"], lyr.metadata["colors"]
+                legend.append(f"<b>{html.escape(key[9:])}</b>: " + " &nbsp; ".join(
+                    f"{_swatch(colors[k])} #{k}: {v}" for k, v in sizes.items()))
+        self.clusters_legend.setText("<br>".join(legend) or "none")
         self.component.blockSignals(True)
         self.component.clear()
-        self.component.addItems(list(expl.memory_names) if expl.memory is not None else [])
-        self.component.blockSignals(False)
         if expl.memory is not None:
-            self.show_component(0)
+            self.component.addItems([memory_label(n) for n in expl.memory_names])
+        self.component.blockSignals(False)
+        self.map.blockSignals(True)
+        self.map.clear()
+        for key in self.layers:
+            if key != "top_patches":
+                self.map.addItem(self._map_title(key), key)
+        self.map.blockSignals(False)
+        main = next((k for k, lyr in self.layers.items() if k != "top_patches" and lyr.visible), None)
+        if main is not None:
+            self.show_map(main)
 
-    def _show_pathway_item(self, text: str):
-        if text:
-            self.show_pathway(text.rsplit("  (", 1)[0])
+    def _map_title(self, key: str) -> str:
+        if key.startswith("clusters:"):
+            return f"{key[9:]} clusters"
+        if key == "memory":
+            return "memory components"
+        return key
+
+    def _fill_pathways(self):
+        self.pathways.blockSignals(True)
+        self.pathways.clear()
+        layer = self.layers.get("pathway")
+        if layer is not None:
+            meta = self.analysis.meta.get("data_info", {}) if self.analysis else {}
+            drivers = set(meta.get("driver_pathways", []))
+            task = meta.get("task", "survival")
+            for rank, (name, score) in enumerate(layer.metadata["pathway_scores"].items(), 1):
+                short = name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "\u2026"
+                item = QListWidgetItem(f"{rank}. {short}   {pathway_score_text(score, task)}")
+                item.setData(Qt.ItemDataRole.UserRole, name)
+                tip = f"{name}\nscore {score:+.4g}: {PATHWAY_SCORE_UNIT}"
+                if name in drivers:
+                    font = QFont()
+                    font.setBold(True)
+                    item.setFont(font)
+                    item.setText(item.text() + "   [planted driver]")
+                    tip += "\nplanted driver of the outcome (the data says so)"
+                elif name.upper().startswith("NOISE_"):
+                    item.setForeground(QBrush(QColor(140, 140, 140)))
+                    tip += "\nnoise pathway (synthetic data: carries no signal)"
+                item.setToolTip(tip)
+                self.pathways.addItem(item)
+        self.pathways.blockSignals(False)
+
+    # -- map selection ------------------------------------------------------------------------
+    def _on_map_changed(self, index: int):
+        key = self.map.itemData(index)
+        if key:
+            self.show_map(key)
+
+    def show_map(self, key: str):
+        """Show only map ``key`` (a key of :attr:`layers`), its colour bar and its top patches."""
+        for k, lyr in self.layers.items():
+            if k != "top_patches":
+                lyr.visible = k == key
+                if hasattr(lyr, "colorbar"):
+                    lyr.colorbar.visible = k == key
+        index = self.map.findData(key)
+        if index >= 0 and self.map.currentIndex() != index:
+            self.map.blockSignals(True)
+            self.map.setCurrentIndex(index)
+            self.map.blockSignals(False)
+        layer = self.layers[key]
+        scale = layer.metadata.get("scale")
+        if scale is not None:
+            table = np.asarray(layer.colormap.colors)
+            self.colourbar.set_scale(table, scale["low"], scale["high"], scale["unit"])
+            self.colourbar.setVisible(True)
+            note = f"<i>{html.escape(scale['meaning'])}</i>"
+            if scale["note"]:
+                note = f"<b style='color:#c05000'>{html.escape(scale['note'])}</b><br>" + note
+            self.legend_note.setText(note)
+        else:
+            self.colourbar.setVisible(False)
+            self.legend_note.setText("cluster ids: see the legend below")
+        self._show_top_for(key)
+
+    def _selected_values(self, key: str) -> tuple[str | None, np.ndarray | None]:
+        """(name, per-patch values in display units) of the map shown for ``key``."""
+        expl = self.analysis.explanation
+        n = len(expl.coords)
+        if key == "attention" and expl.attention is not None:
+            return "attention", to_display(expl.attention, "attention", n)
+        if key == "pathway":
+            name = self.layers["pathway"].metadata["pathway"]
+            return name, to_display(expl.pathway_maps[name], "attention", n)
+        if key == "memory":
+            k = max(0, int(round(self.viewer.dims.point[0])))
+            name = self.layers["memory"].metadata["memory_names"][k]
+            return name, np.asarray(expl.memory[k], dtype=np.float64)
+        return None, None
+
+    def _show_top_for(self, key: str):
+        points = self.layers.get("top_patches")
+        name, values = self._selected_values(key)
+        self.top_list.blockSignals(True)
+        self.top_list.clear()
+        self._top: list[int] = []
+        if name is not None:
+            expl = self.analysis.explanation
+            given = expl.top_patches.get(name)
+            order = np.argsort(-values, kind="stable")[:TOP_K] if given is None else np.asarray(given)[:TOP_K]
+            self._top = [int(i) for i in order]
+            unit = self.layers[key].metadata["scale"]["unit"]
+            for rank, i in enumerate(self._top, 1):
+                x, y = (int(v) for v in expl.coords[i])
+                self.top_list.addItem(f"#{rank}  {values[i]:.3g} {unit}   at x={x}, y={y} px")
+        self.top_list.blockSignals(False)
+        if points is not None:
+            world_mpp = float(points.metadata["world_mpp"])
+            centres, feats = top_patch_points(self.analysis.explanation, self._top, name or "", world_mpp)
+            points.data = centres
+            points.features = feats
+            points.metadata["map"] = name
+            points.visible = bool(self._top)
+            points.name = f"{self.analysis.slide_id} top patches: {name}" if name else points.name
+
+    def go_to_top_patch(self, row: int):
+        """Centre the camera on the ``row``-th top patch of the shown map and zoom to it."""
+        if row < 0 or row >= len(getattr(self, "_top", [])):
+            return
+        expl = self.analysis.explanation
+        world_mpp = float(self.layers["top_patches"].metadata["world_mpp"]) if "top_patches" in self.layers \
+            else float(next(iter(self.layers.values())).metadata.get("world_mpp", 1.0))
+        centre = patch_centres_world(expl.coords[[self._top[row]]], expl.patch_size, world_mpp)[0]
+        self.viewer.camera.center = (*self.viewer.camera.center[:-2], *centre)
+        self.viewer.camera.zoom = ZOOM_SCREEN_PX / (4.0 * expl.patch_size * world_mpp)
+
+    # -- pathways and memory --------------------------------------------------------------------
+    def _on_pathway_row(self, row: int):
+        item = self.pathways.item(row)
+        if item is not None:
+            self.show_pathway(item.data(Qt.ItemDataRole.UserRole))
 
     def show_pathway(self, name: str):
-        """Swap the pathway layer's data to ``name``'s precomputed grid (no recomputation)."""
+        """Swap the pathway layer's data to ``name``'s precomputed grid and show it."""
+        from histokd_core.explain.colour import map_scale
+
+        from napari_histokd._layers import scale_metadata
+
         layer = self.layers["pathway"]
         grid = layer.metadata["pathway_grids"][name]
-        from napari_histokd._layers import contrast_limits
-
+        expl = self.analysis.explanation
+        display = to_display(expl.pathway_maps[name], "attention", len(expl.coords))
+        scale = map_scale(display, "attention", layer.metadata["scale"]["mode"])
         layer.data = grid
-        layer.contrast_limits = contrast_limits(grid)
+        layer.contrast_limits = scale.contrast_limits
+        layer.metadata["scale"] = scale_metadata(scale)
         layer.metadata["pathway"] = name
         layer.name = f"{self.analysis.slide_id} pathway: {name}"
+        self.show_map("pathway")
 
     def show_component(self, index: int):
-        """Show memory component ``index`` and highlight its top patches."""
+        """Show memory component ``index`` with its colour bar and top patches."""
         if index < 0 or "memory" not in self.layers:
             return
         self.viewer.dims.set_point(0, index)
-        points = self.layers.get("top_patches")
-        names = self.layers["memory"].metadata["memory_names"]
-        if points is not None and index < len(names):
-            maps = np.asarray(points.features["map"])
-            if np.isin(names[index], maps):
-                mask = maps == names[index]
-                points.shown = mask
-                # napari skips ``shown`` when every axis of a Points layer is displayed (2D points
-                # in a 2D view draw all points), so hide the other outlines through their width
-                width = points.metadata.setdefault("border_width", float(np.max(points.border_width)))
-                points.border_width = np.where(mask, width, 0.0)
+        self.show_map("memory")

@@ -184,6 +184,7 @@ class ExportWidget(QWidget):
             polys += [qupath_to_world(np.asarray(g.exterior.coords)[:-1], world_mpp) for g in geoms]
         self.viewer.add_shapes(polys, shape_type="polygon", name=f"{layer.name} regions", edge_color="cyan",
                                face_color="transparent", edge_width=2 * world_mpp * raster.cell / 64,
+                               units=tuple(str(u) for u in layer.units[-2:]),
                                metadata={"histokd_kind": "regions", "histokd_mpp": world_mpp,
                                          "histokd_physical": mpp is not None})
         self.status.setText(f"{len(regions)} regions written to {path}")

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
 
 from histokd_core.errors import HistoKDError
 from histokd_core.slide import PatchGrid, open_slide, patch_centres_world, patch_grid
+from napari_histokd._widgets._common import apply_mpp, mpp_hint
 
 if TYPE_CHECKING:
     import napari
@@ -72,6 +73,8 @@ def grid_layer_data(
         },
         "metadata": {**grid.info(), "histokd_kind": "patch_grid"},
     }
+    if world_mpp is None or world_mpp == grid.mpp:
+        kwargs["units"] = ("um", "um")
     return centres, kwargs, "points"
 
 
@@ -92,8 +95,11 @@ class PatchGridWidget(QWidget):
         self.mpp = QDoubleSpinBox(
             minimum=0.0, maximum=100.0, value=0.0, decimals=4, singleStep=0.05
         )
-        self.mpp.setSpecialValueText("from slide")
-        self.mpp.setToolTip("microns per level-0 pixel, for slides without it")
+        self.mpp.setSpecialValueText("required")
+        self.mpp.setToolTip("microns per level-0 pixel of the slide (prefilled from the file; "
+                            "0.25 = 40x scan, 0.5 = 20x scan)")
+        self.mpp_hint = QLabel("")
+        self.mpp_hint.setWordWrap(True)
         self.run_button = QPushButton("Compute patch grid")
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -104,6 +110,7 @@ class PatchGridWidget(QWidget):
         form.addRow("patch px", self.patch_px)
         form.addRow("min tissue", self.min_tissue)
         form.addRow("slide um/px", self.mpp)
+        form.addRow("", self.mpp_hint)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.run_button)
@@ -111,6 +118,7 @@ class PatchGridWidget(QWidget):
         layout.addStretch()
 
         self.run_button.clicked.connect(self.start)
+        self.layer_combo.currentTextChanged.connect(self._prefill_mpp)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
@@ -124,6 +132,7 @@ class PatchGridWidget(QWidget):
 
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_combo.currentText()
+        self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         names = [layer.name for layer in self._slide_layers()]
         self.layer_combo.addItems(names)
@@ -131,6 +140,19 @@ class PatchGridWidget(QWidget):
             self.layer_combo.setCurrentText(current)
         elif getattr(getattr(event, "value", None), "name", None) in names:
             self.layer_combo.setCurrentText(event.value.name)
+        self.layer_combo.blockSignals(False)
+        if self.layer_combo.currentText() != current:
+            self._prefill_mpp()
+
+    def _prefill_mpp(self, *_) -> None:
+        """The slide's mpp (0 = "required" when its file has none) and where it comes from."""
+        name = self.layer_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            self.mpp_hint.setText("")
+            return
+        meta = self.viewer.layers[name].metadata
+        self.mpp.setValue(float(meta.get("mpp") or 0.0))
+        self.mpp_hint.setText(mpp_hint(meta))
 
     def start(self):
         """Start the computation for the selected layer; returns the worker (or None)."""
@@ -141,7 +163,15 @@ class PatchGridWidget(QWidget):
             self.status.setText("Open a slide first (File > Open, or the sample slide).")
             return None
         layer = self.viewer.layers[name]
-        mpp = self.mpp.value() or layer.metadata.get("mpp")
+        mpp = self.mpp.value() or None
+        if mpp is None:
+            self.status.setText(
+                f"Error: {name} has no microns per pixel in its file; enter it in 'slide um/px' "
+                "(0.25 = 40x scan, 0.5 = 20x scan), or run `histokd tile SLIDE --mpp 0.25`."
+            )
+            return None
+        apply_mpp(self.viewer, layer, mpp)
+        name = layer.name
         self.worker = create_worker(
             _compute_or_error,
             layer.metadata["path"],
