@@ -243,9 +243,11 @@ class Slide:
         if self.mpp is None:
             raise MissingMppError(
                 f"{self.path}: the slide has no microns-per-pixel (mpp) metadata, so patches "
-                "cannot be sized in microns. Pass it explicitly, e.g. `histokd tile "
-                f"{self.path.name} --mpp 0.25` (0.25 um/px = 40x, 0.5 um/px = 20x), or "
-                "open_slide(path, mpp=...) in Python."
+                "cannot be sized in microns. Give it where the slide enters (0.25 um/px = 40x, "
+                "0.5 um/px = 20x): the 'slide um/px' field of the napari Analyse or Patch-grid "
+                f"dock; `histokd extract {self.path.name} --mpp 0.25 ...` on the command line; "
+                "or open_slide(path, mpp=0.25) / extract_slide(..., mpp=0.25) / "
+                "analyse_slide(..., mpp=0.25) in Python."
             )
         return self.mpp
 
