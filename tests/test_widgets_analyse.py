@@ -410,3 +410,74 @@ def test_region_areas_follow_the_slide_mpp_not_the_world_scale(make_napari_viewe
     w.out.setText(str(tmp_path / "r.geojson"))
     (ann, *_) = read_geojson(w.export_regions())
     assert ("Area µm^2" in ann.measurements) == (slide_mpp is not None)
+
+
+def test_cancel_stops_within_a_second_and_keeps_the_features(make_napari_viewer, qtbot, trained, tmp_path,
+                                                              monkeypatch):
+    """Cancel in the Analyse dock during "extract now": the worker stops within a second (tile
+    loader processes included), the patches done are kept, and the next run resumes after them."""
+    import time
+
+    import histokd_core.features as features
+    from histokd_core.features import get_encoder
+    from histokd_core.features.extract import partial_path
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    enc = get_encoder("hed-texture", device="cpu")
+    info = DataInfo(task="classification", feat_dim=enc.dim, n_classes=2, encoder_id=enc.id)
+    rng = np.random.default_rng(0)
+    coords = torch.from_numpy(lattice())
+    bags = [Bag(case_id=f"h{i}", feats=torch.from_numpy(rng.normal(size=(len(coords), enc.dim)).astype(np.float32)),
+                coords=coords, patch_size=P, label=i % 2) for i in range(8)]
+    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
+        train=bags[:4], val=bags[4:6], test=bags[6:], info=info))
+    run_cv("baselines", {"models": ["abmil"]}, data, tmp_path / "run",
+           TrainConfig(epochs=1, batch_size=4, seed=0, device="cpu", num_threads=1), folds=[0])
+
+    class Slow:
+        """The real encoder at 0.1 s per patch (a slow CPU encoder)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+            self.id, self.dim, self.input_size = inner.id, inner.dim, inner.input_size
+            self.weights_hash, self.device, self.batch_size = inner.weights_hash, inner.device, 64
+            self.count = 0
+
+        def encode(self, batch):
+            time.sleep(0.1 * len(batch))
+            self.count += len(batch)
+            return self.inner.encode(batch)
+
+    slow = Slow(enc)
+    monkeypatch.setattr(features, "get_encoder", lambda *a, **k: slow)
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_slides(str(trained.slide.path))
+    viewer.add_image(data, **kwargs)
+    w = AnalyseWidget(viewer)
+    w.checkpoint.setText(str(tmp_path / "run" / "fold_0" / "abmil.safetensors"))
+    w.extract_now.setChecked(True)
+    w.extract_to.setText(str(tmp_path / "extracted"))
+    w.device.setCurrentText("cpu")
+    messages = []
+    w.signals.progress.connect(lambda f, m: messages.append(m))
+    assert w.start() is not None
+    qtbot.waitUntil(lambda: any("patches/s" in m for m in messages), timeout=120_000)
+    qtbot.wait(300)
+    t0 = time.perf_counter()
+    w.cancel()
+    qtbot.waitUntil(w.run_btn.isEnabled, timeout=10_000)
+    latency = time.perf_counter() - t0
+    assert latency < 1.5, f"cancel took {latency:.2f} s"
+    assert w.analysis is None and "kept" in w.status.text()
+    kept_file = partial_path(tmp_path / "extracted", "slide", "20x")
+    assert kept_file.is_file()
+    with np.load(kept_file, allow_pickle=False) as z:
+        kept = len(z["feats"])
+    assert kept >= 1
+    # next run: resumes after the kept patches, finishes, shows the overlays
+    encoded_before = slow.count
+    run_analysis(w, qtbot, 300_000)
+    n = len(w.analysis.explanation.coords)
+    assert slow.count - encoded_before == n - kept
+    assert not kept_file.exists()
+    print(f"cancel latency {latency:.2f} s, kept {kept} of {n} patches")
