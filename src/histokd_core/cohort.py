@@ -436,3 +436,65 @@ def make_folds(cohort: Cohort, n_folds: int = 5, seed: int = 0, val_fraction: fl
     df = df.sort_values(["fold", "case_id"], key=lambda s: s.map(order)
                         if s.name == "case_id" else s)
     return Folds(df.reset_index(drop=True))
+
+
+#: Fewest events (deaths) a survival test fold must hold by default: with fewer, a fold's
+#: C-index rests on a handful of comparable pairs and swings between 0 and 1.
+MIN_TEST_EVENTS = 3
+
+
+def check_evaluable(cohort: Cohort, folds: Folds | None, min_test_events: int = MIN_TEST_EVENTS,
+                    where: str | None = None) -> None:
+    """Refuse folds whose test sets cannot be scored.
+
+    Survival: the cohort must hold events, and every fold's test split at least
+    ``min_test_events`` of them (a C-index needs comparable pairs, i.e. deaths). Classification:
+    every fold's training and test splits must hold every class (an AUC needs both classes).
+    ``folds=None`` checks the whole cohort as one test set (an external evaluation).
+
+    Raises
+    ------
+    DataError
+        Naming the cohort file, the fold, its counts and what to change.
+    """
+    where = where or (str(cohort.source) if cohort.source is not None else "cohort")
+    strata = cohort.strata()
+    if cohort.task == "survival":
+        if int(strata.sum()) == 0:
+            raise DataError(
+                f"{where}: no case has an event (column 'event' is 0 everywhere, or "
+                "'censorship' 1 everywhere): survival cannot be evaluated without deaths; check "
+                "the event/censorship coding (event = 1 means the death was observed)")
+        if folds is None:
+            return
+        for fold in sorted(set(folds.assignments["fold"])):
+            test = folds.cases(fold, "test")
+            events = int(strata.reindex(test).fillna(0).sum())
+            if events < min_test_events:
+                raise DataError(
+                    f"{where}: fold {fold}'s test split has {events} event(s) among {len(test)} "
+                    f"case(s); a test C-index needs at least {min_test_events} events "
+                    f"({int(strata.sum())} events in {len(strata)} cases): use fewer folds "
+                    f"(--folds {max(2, int(strata.sum()) // max(1, min_test_events))}), a larger "
+                    "cohort, or lower the minimum (--min-test-events)")
+        return
+    classes = list(range(len(cohort.class_names))) or sorted(strata.unique())
+    names = cohort.class_names or [str(c) for c in classes]
+    if folds is None:
+        absent = [names[c] for c in classes if c not in set(strata)]
+        if absent:
+            raise DataError(
+                f"{where}: no case of class(es) {', '.join(map(repr, absent))}; an AUC needs "
+                "every class the model predicts")
+        return
+    for fold in sorted(set(folds.assignments["fold"])):
+        for split in ("train", "test"):
+            ids = folds.cases(fold, split)
+            present = set(strata.reindex(ids).dropna().astype(int))
+            absent = [names[c] if c < len(names) else str(c) for c in classes if c not in present]
+            if absent:
+                raise DataError(
+                    f"{where}: fold {fold}'s {split} split ({len(ids)} case(s)) has no case of "
+                    f"class(es) {', '.join(map(repr, absent))}; every fold needs every class to "
+                    "train and compute an AUC: use fewer folds (--folds), more cases of that "
+                    "class, or folds stratified by label (the default folds are)")

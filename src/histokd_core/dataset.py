@@ -135,6 +135,9 @@ class CohortData:
         self.use_10x = use_10x
         self._cache: dict[str, _CaseFeatures] = {}
         self.feat_dim: int | None = None
+        #: what was left out or assumed while reading, one message each (logged as warnings;
+        #: a run's ``metrics.json`` lists them under ``data_warnings``).
+        self.warnings: list[str] = []
 
         if isinstance(folds, Folds):
             self.folds = folds
@@ -148,7 +151,7 @@ class CohortData:
 
         self.expression: pd.DataFrame | None = None
         if omics is not None:
-            expr = read_expression(omics)
+            expr = read_expression(omics, warn=self._warn)
             where = "expression table" if isinstance(omics, pd.DataFrame) else str(omics)
             self.expression = align_cases(expr, self.cohort.case_ids, where=where)
         if gene_sets is None:
@@ -162,6 +165,10 @@ class CohortData:
         in_memory = isinstance(features_path, Mapping)
         self._source = "in-memory features" if in_memory else str(Path(features_path))
         self._check_features()
+
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
 
     # -- features ---------------------------------------------------------------------------
     def _open(self, slide_id: str) -> SlideFeatures:
@@ -196,10 +203,21 @@ class CohortData:
         self._check_provenance()
         slides = self._slides.values()
         self.has_10x = self.use_10x and all("10x" in sf.magnifications for sf in slides)
-        dims = {int(sf.attrs["feat_dim"]) for sf in slides if sf.attrs.get("feat_dim")}
-        if len(dims) > 1:
+        by_dim: dict[int, list[SlideFeatures]] = {}
+        for sf in slides:
+            if sf.attrs.get("feat_dim"):
+                by_dim.setdefault(int(sf.attrs["feat_dim"]), []).append(sf)
+        if len(by_dim) > 1:
+            usual = max(by_dim, key=lambda d: len(by_dim[d]))
+            odd = [sf for d, group in by_dim.items() if d != usual for sf in group]
+            listed = "; ".join(f"{sf.source} (slide {sf.slide_id}, d = {sf.attrs['feat_dim']})"
+                               for sf in odd[:5])
             raise DataError(
-                f"{self._source}: slides have different feature dimensions {sorted(dims)}")
+                f"{self._source}: {len(odd)} slide(s) have features of another dimension than the "
+                f"{len(by_dim[usual])} others (d = {usual}): {listed}"
+                f"{' ...' if len(odd) > 5 else ''}; every slide must be encoded with the same "
+                "encoder: re-extract them or remove them from the cohort")
+        dims = set(by_dim)
         # without a recorded dimension, read one case now; the others are checked as they load
         if dims:
             self.feat_dim = dims.pop()
@@ -257,10 +275,10 @@ class CohortData:
         size = primary[0].patch_size_level0(mag)
         sizes = {sf.patch_size_level0(mag) for sf in primary}
         if len(sizes) > 1:
-            log.warning("case %s: slides have different patch sizes %s; the bag uses %s",
-                        case_id, sorted(sizes, key=str), size)
+            self._warn(f"case {case_id}: slides have different patch sizes "
+                       f"{sorted(sizes, key=str)}; the bag uses {size}")
         if size is None:
-            log.warning("%s: patch size unknown; assuming 256 level-0 px", primary[0].source)
+            self._warn(f"{primary[0].source}: patch size unknown; assuming 256 level-0 px")
             size = 256
         f10 = c10 = i10 = None
         if self.has_10x:

@@ -85,6 +85,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="cap on torch CPU threads")
     p.add_argument("--method-config", type=Path, default=None, help="YAML of method Config fields")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--min-test-events", type=int, default=None,
+        help="survival: fewest events (deaths) each fold's test split must hold (default 3)",
+    )
     return p
 
 
@@ -140,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         method_config=load_method_config(args.method_config),
         resume=args.resume,
+        min_test_events=args.min_test_events,
         callbacks=[LoggingCallback()],
     )
     print(summary_table(result.metrics), file=sys.stdout)

@@ -47,6 +47,37 @@ def slide_id_of(path_or_name: str | os.PathLike) -> str:
     return name
 
 
+def check_finite(
+    feats: np.ndarray, where: str, coords: Callable[[], np.ndarray] | None = None
+) -> None:
+    """Raise :class:`DataError` when ``feats`` ``(n, d)`` holds NaN or +-inf.
+
+    The message names ``where`` (file and slide), how many rows are affected and the first of
+    them with its level-0 ``(x, y)`` when ``coords()`` can say.
+    """
+    feats = np.asarray(feats)
+    if not np.issubdtype(feats.dtype, np.floating):
+        return
+    finite = np.isfinite(feats)
+    if finite.all():
+        return
+    bad_rows = np.flatnonzero(~finite.reshape(len(feats), -1).all(axis=1))
+    first = int(bad_rows[0])
+    kinds = sorted({"NaN" if np.isnan(v) else "inf" for v in feats[first][~finite[first]]})
+    position = ""
+    if coords is not None:
+        try:
+            xy = np.asarray(coords())[first]
+            position = f" at level-0 (x, y) = ({int(xy[0])}, {int(xy[1])})"
+        except (DataError, IndexError, ValueError, TypeError):
+            position = ""
+    raise DataError(
+        f"{where}: {len(bad_rows)} of {len(feats)} patch feature row(s) hold non-finite values "
+        f"({'/'.join(kinds)}), first in row {first}{position}; features must be finite: "
+        "re-extract this slide or remove it from the cohort"
+    )
+
+
 class SlideFeatures:
     """Features of one slide at one or more magnifications.
 
@@ -89,8 +120,16 @@ class SlideFeatures:
         return mag
 
     def feats(self, mag: str | None = None) -> np.ndarray:
-        """``(n_patches, d)`` float32 features at ``mag`` (default: the finest)."""
-        return self._loader(self._mag(mag), "feats")
+        """``(n_patches, d)`` float32 features at ``mag`` (default: the finest).
+
+        Every reader (zarr store, ``.h5``/``.pt`` bags, in-memory features) passes through here,
+        so this is where non-finite values are refused (:func:`check_finite`).
+        """
+        mag = self._mag(mag)
+        feats = self._loader(mag, "feats")
+        check_finite(feats, f"{self.source}: slide {self.slide_id} at {mag}",
+                     lambda: self._loader(mag, "coords"))
+        return feats
 
     def coords(self, mag: str | None = None) -> np.ndarray:
         """``(n_patches, 2)`` int64 level-0 top-left ``(x, y)`` at ``mag`` (default: the finest)."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
 from histokd_core.errors import DataError
-from histokd_core.tables import read_table
+from histokd_core.tables import read_header, read_table
+
+log = logging.getLogger(__name__)
+_MAX_LISTED = 8
 
 #: Non-gene columns of cohort tables, ignored when a table is read without a suffix.
 METADATA_COLUMNS = frozenset(
@@ -17,10 +22,42 @@ METADATA_COLUMNS = frozenset(
 )
 
 
+def _where_rows(rows, from_file: bool) -> str:
+    """``line(s) 3, 7`` of a file (header = line 1) or ``row(s) 1, 5`` of a DataFrame."""
+    rows = list(rows)
+    labels = [str(r + 2 if from_file else r) for r in rows[:_MAX_LISTED]]
+    more = f" (+{len(rows) - _MAX_LISTED} more)" if len(rows) > _MAX_LISTED else ""
+    return f"{'line' if from_file else 'row'}(s) {', '.join(labels)}{more}"
+
+
+def _check_header(path, columns: list[str], where: str) -> None:
+    """Duplicate column names as written in the file (pandas renames a repeated ``G`` to
+    ``G.1``, which would hide them)."""
+    header = read_header(path) if not isinstance(path, pd.DataFrame) else columns
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(header):
+        if name and not name.startswith("Unnamed:"):
+            seen.setdefault(name, []).append(i + 1)
+    dup = {k: v for k, v in seen.items() if len(v) > 1}
+    if dup:
+        listed = "; ".join(f"{k!r} (columns {', '.join(map(str, v))})"
+                           for k, v in list(dup.items())[:_MAX_LISTED])
+        raise DataError(
+            f"{where}: duplicate column name(s) in the header: {listed}; each gene must appear "
+            "once: remove or rename the repeated columns")
+
+
+def _non_numeric(values: pd.Series) -> pd.Series:
+    """True where a value is present but does not parse as a number."""
+    parsed = pd.to_numeric(values, errors="coerce")
+    return parsed.isna() & values.notna()
+
+
 def read_expression(
     path: str | os.PathLike | pd.DataFrame,
     suffix: str | None = "auto",
     case_column: str = "case_id",
+    warn: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Read a cases x genes expression table.
 
@@ -31,9 +68,11 @@ def read_expression(
         ``rna_clean.csv`` index) holds the case ids. Several rows of one case (one per slide, as
         in ``tcga_hnsc_all_clean.csv``) must carry the same values and are merged.
     suffix : keep only columns ending with it and strip it (``"_rnaseq"`` -> gene symbols);
-        ``"auto"`` uses ``"_rnaseq"`` when such columns exist, else every numeric non-metadata
-        column; ``None`` keeps every non-metadata column.
+        ``"auto"`` uses ``"_rnaseq"`` when such columns exist, else every non-metadata column;
+        ``None`` keeps every non-metadata column.
     case_column : name of the case id column.
+    warn : receives one message per column left out (a text column without any number, read
+        as metadata); default ``logging.warning``.
 
     Returns
     -------
@@ -42,16 +81,20 @@ def read_expression(
     Raises
     ------
     DataError
-        Unreadable file, no gene columns, non-numeric or missing values (naming the column),
-        duplicate gene names, or one case with conflicting rows.
+        Unreadable file, no gene columns, a gene column holding text among its numbers (naming
+        the column, example values and their lines), missing values (naming the column),
+        duplicate column names in the header, or one case with conflicting rows.
     """
-    where = "expression table" if isinstance(path, pd.DataFrame) else str(path)
+    warn = warn or log.warning
+    from_file = not isinstance(path, pd.DataFrame)
+    where = str(path) if from_file else "expression table"
     if isinstance(path, pd.DataFrame):
         df = path.copy()
         if case_column not in df.columns and not isinstance(df.index, pd.RangeIndex):
             df = df.rename_axis(case_column).reset_index()  # cases x genes indexed by case id
     else:
         df = read_table(path)
+    _check_header(path, [str(c).strip() for c in df.columns], where)
     if case_column in df.columns:  # drop a saved pandas index; else column 0 holds the cases
         df = df.loc[:, [c for c in df.columns if not str(c).startswith("Unnamed:")]]
     if case_column not in df.columns:
@@ -60,30 +103,42 @@ def read_expression(
     df = df.drop(columns=[case_column])
     if suffix == "auto":
         suffix = "_rnaseq" if any(str(c).endswith("_rnaseq") for c in df.columns) else None
-        if suffix is None:
-            df = df.loc[:, [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]]
     if suffix is not None:
         df = df.loc[:, [c for c in df.columns if str(c).endswith(suffix)]]
         df.columns = [str(c)[: -len(suffix)] for c in df.columns]
-    df = df.loc[:, [c for c in df.columns if str(c) not in METADATA_COLUMNS]]
+    df = df.loc[:, [c for c in df.columns if str(c).strip() not in METADATA_COLUMNS]]
+    df.columns = [str(c).strip() for c in df.columns]
+    text_columns = []
+    for col in df.columns:
+        if pd.api.types.is_numeric_dtype(df[col]):
+            continue
+        bad = _non_numeric(df[col])
+        if bad.all() or not bad.any():
+            if bad.all():
+                text_columns.append(col)
+            continue
+        rows = np.flatnonzero(bad.to_numpy())
+        examples = ", ".join(repr(str(v)) for v in dict.fromkeys(df[col].to_numpy()[rows][:4]))
+        raise DataError(
+            f"{where}: gene column {col!r} holds non-numeric value(s) {examples} on "
+            f"{_where_rows(rows, from_file)}; expected numbers (decimal point '.', no thousands "
+            "separator; leave a missing value empty)")
+    if text_columns:
+        warn(f"{where}: left out {len(text_columns)} column(s) without any number, read as "
+             f"metadata, not genes: {', '.join(map(repr, text_columns[:_MAX_LISTED]))}"
+             f"{' ...' if len(text_columns) > _MAX_LISTED else ''}")
+        df = df.drop(columns=text_columns)
     if df.shape[1] == 0:
         ending = f" ending with {suffix!r}" if suffix else ""
         raise DataError(f"{where}: no gene columns found{ending}")
-    df.columns = [str(c).strip() for c in df.columns]
-    dup = pd.Index(df.columns)[pd.Index(df.columns).duplicated()]
-    if len(dup):
-        raise DataError(f"{where}: duplicate gene column(s) {', '.join(map(str, dup[:8]))}")
-    for col in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            values = pd.to_numeric(df[col], errors="coerce")
-            if values.isna().any() and not df[col].isna().all():
-                raise DataError(f"{where}: gene column {col!r} holds non-numeric values")
-            df[col] = values
+    df = df.apply(pd.to_numeric, errors="coerce")
     nan_cols = df.columns[df.isna().any()]
     if len(nan_cols):
+        first = np.flatnonzero(df[nan_cols[0]].isna().to_numpy())
         raise DataError(
             f"{where}: missing values in gene column(s) {', '.join(nan_cols[:8])}"
-            f"{' ...' if len(nan_cols) > 8 else ''}; impute or drop them first"
+            f"{' ...' if len(nan_cols) > 8 else ''} (column {nan_cols[0]!r}: "
+            f"{_where_rows(first, from_file)}); impute or drop them first"
         )
     df.index = pd.Index(cases, name="case_id")
     if df.index.duplicated().any():

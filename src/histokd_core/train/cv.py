@@ -263,6 +263,7 @@ def run_cv(
         "task": task,
         "folds": fold_entries,
         "summary": summarize(task, fold_entries),
+        "data_warnings": list(getattr(data, "warnings", [])),
     }
     metrics = to_jsonable(metrics)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")

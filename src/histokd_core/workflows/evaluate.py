@@ -53,7 +53,7 @@ def evaluate_run(
     """
     import yaml
 
-    from histokd_core.cohort import load_cohort
+    from histokd_core.cohort import check_evaluable, load_cohort
     from histokd_core.dataset import CohortData
     from histokd_core.devices import resolve_device
     from histokd_core.io import check_writable, write_json
@@ -71,8 +71,9 @@ def evaluate_run(
     task = run_cfg["task"]
     out_dir = Path(out) if out is not None else run / f"external_{cohort.stem}"
     check_writable(out_dir / "metrics.json", overwrite=overwrite)
-    data = CohortData(load_cohort(cohort, task=task, label_column=label_column), features,
-                      n_folds=2, seed=0)
+    external = load_cohort(cohort, task=task, label_column=label_column)
+    check_evaluable(external, None)
+    data = CohortData(external, features, n_folds=2, seed=0)
     fold0 = data.fold(0)
     bags = fold0.train + fold0.val + fold0.test
     dev = resolve_device(device)
@@ -92,6 +93,12 @@ def evaluate_run(
             token.check(f"evaluation of {ckpt}")
             report(progress, i / len(run_cfg["folds"]), f"fold {fold}: {stage}")
             model, meta = load_model(ckpt, dev)
+            ckpt_task = meta.get("task", model.task)
+            if ckpt_task != task or meta.get("method", run_cfg["method"]) != run_cfg["method"]:
+                raise DataError(
+                    f"{ckpt}: a {ckpt_task} checkpoint of method {meta.get('method')!r} inside "
+                    f"a {task} run of method {run_cfg['method']!r} ({cfg_path}); it belongs to "
+                    "another run: move it out of the run folder, or pick stages with --models")
             if model.needs_omics:
                 continue
             if int(meta["data_info"]["feat_dim"]) != data.feat_dim:

@@ -46,6 +46,7 @@ def train_cohort(
     threads: int | None = None,
     method_config: dict[str, Any] | None = None,
     resume: bool = False,
+    min_test_events: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
     callbacks: Sequence[Callback] = (),
@@ -74,13 +75,17 @@ def train_cohort(
         :class:`~histokd_core.train.trainer.TrainConfig` (``threads`` caps torch CPU threads).
     method_config : fields of the method's ``Config`` (defaults for the others).
     resume : continue an interrupted run in ``out``.
+    min_test_events : survival: fewest events a fold's test split must hold (default
+        :data:`~histokd_core.cohort.MIN_TEST_EVENTS`); folds with fewer, a cohort without events,
+        or (classification) a fold missing a class are refused before anything trains
+        (:func:`~histokd_core.cohort.check_evaluable`).
     progress : receives :class:`~histokd_core.progress.ProgressEvent` s (steps at most every
         0.1 s, every epoch, stage and fold), from the calling thread.
     cancel : stops at the next step with :class:`~histokd_core.errors.Cancelled`, keeping the
         last epoch's state for ``resume``.
     callbacks : further trainer callbacks (the CLI logs epochs with a LoggingCallback).
     """
-    from histokd_core.cohort import load_cohort
+    from histokd_core.cohort import MIN_TEST_EVENTS, check_evaluable, load_cohort
     from histokd_core.dataset import CohortData
     from histokd_core.errors import ConfigError, DataError
     from histokd_core.methods.registry import check_task
@@ -113,6 +118,8 @@ def train_cohort(
     data = CohortData(load_cohort(cohort, task=task, label_column=label_column), features,
                       omics=omics, gene_sets=sets, folds=folds_csv, n_folds=n_folds, seed=seed,
                       tumor_genes=lists["--tumor-genes"], tme_genes=lists["--tme-genes"])
+    check_evaluable(data.cohort, data.folds,
+                    MIN_TEST_EVENTS if min_test_events is None else min_test_events)
     log.info("%r", data)
     callbacks = list(callbacks)
     if progress is not None:

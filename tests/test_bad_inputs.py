@@ -1,0 +1,285 @@
+"""Bad inputs a hostile but realistic user tries (issue 13): each gets a clear error naming the
+file and field, or a warning counted in the run's ``metrics.json``; nothing is silently dropped
+or written as NaN. Every input is generated here, small."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from histokd_core.cli import main
+from histokd_core.errors import DataError
+
+METHOD_CONFIG = "models: [abmil, omics_only]\n"
+
+
+def _train_args(cohort_dir, out, *extra, cohort=None, features=None, omics=None):
+    args = ["train", "--method", "baselines",
+            "--cohort", str(cohort or cohort_dir / "cohort.csv"),
+            "--features", str(features or cohort_dir / "features"),
+            "--out", str(out), "--folds", "2", "--epochs", "1", "--batch-size", "8",
+            "--device", "cpu", "--threads", "1",
+            "--method-config", str(cohort_dir / "method.yaml")]
+    if omics is not None:
+        args += ["--omics", str(omics)]
+    return [*args, *extra]
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    """16 cases, one slide each, d = 8 features in a zarr store, omics with a text column."""
+    from histokd_core.synthetic.cohort import make_feature_cohort
+
+    root = tmp_path_factory.mktemp("bad") / "cohort"
+    make_feature_cohort(root, n_cases=16, n_patches=8, feat_dim=8, seed=3, with_10x=False)
+    (root / "method.yaml").write_text(METHOD_CONFIG)
+    omics = pd.read_csv(root / "omics.csv")
+    omics.insert(1, "project", "SYN")  # text metadata: left out with a counted warning
+    omics.to_csv(root / "omics_project.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(cohort_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("badrun") / "run"
+    assert main(_train_args(cohort_dir, out, omics=cohort_dir / "omics_project.csv")) == 0
+    return out
+
+
+def _copy_store(cohort_dir, tmp_path):
+    store = tmp_path / "features"
+    shutil.copytree(cohort_dir / "features", store)
+    return store
+
+
+def _poison(store, slide_id: str, value: float, row: int = 3) -> None:
+    import zarr
+
+    feats = zarr.open_group(store / f"{slide_id}.zarr" / "20x", mode="r+")["feats"]
+    data = feats[:]
+    data[row, 1] = value
+    feats[:] = data
+
+
+def _slides(cohort_dir) -> list[str]:
+    return list(pd.read_csv(cohort_dir / "cohort.csv")["slide_id"])
+
+
+def _assert_one_clean_error(err: str, *needles: str) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# -- non-finite features (rows 1-4): one check where features are read ------------------------
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_train_refuses_non_finite_features_naming_the_slide(cohort_dir, tmp_path, capsys,
+                                                            value, split):
+    from histokd_core.cohort import load_cohort, make_folds
+
+    cohort = load_cohort(cohort_dir / "cohort.csv")
+    case = make_folds(cohort, n_folds=2, seed=0).cases(0, split)[0]
+    slide = cohort.slides_of(case)[0]
+    store = _copy_store(cohort_dir, tmp_path)
+    _poison(store, slide, value)
+    out = tmp_path / "run"
+    rc = main(_train_args(cohort_dir, out, features=store))
+    err = capsys.readouterr().err
+    assert rc == 2
+    _assert_one_clean_error(err, f"{slide}.zarr", f"slide {slide}", "non-finite",
+                            "NaN" if np.isnan(value) else "inf", "row 3")
+    assert not (out / "metrics.json").exists()  # refused before anything trained
+
+
+def test_predict_refuses_non_finite_features(run_dir, cohort_dir, tmp_path, capsys):
+    slide = _slides(cohort_dir)[0]
+    store = _copy_store(cohort_dir, tmp_path)
+    _poison(store, slide, np.nan, row=0)
+    out = tmp_path / "pred.csv"
+    rc = main(["predict", "--checkpoint", str(run_dir / "fold_0" / "abmil.safetensors"),
+               "--features", str(store), "--slide-id", slide, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2 and "risk=" not in captured.out and not out.exists()
+    _assert_one_clean_error(captured.err, f"slide {slide}", "non-finite", "row 0")
+    rc = main(["predict", "--checkpoint", str(run_dir / "fold_0" / "abmil.safetensors"),
+               "--features", str(store), "--all-slides", "--out", str(tmp_path / "all")])
+    assert rc == 2 and "non-finite" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_non_finite_features(run_dir, cohort_dir, tmp_path, capsys):
+    slide = _slides(cohort_dir)[5]
+    store = _copy_store(cohort_dir, tmp_path)
+    _poison(store, slide, -np.inf, row=1)
+    rc = main(["evaluate", "--run", str(run_dir), "--cohort", str(cohort_dir / "cohort.csv"),
+               "--features", str(store), "--out", str(tmp_path / "ext"), "--device", "cpu"])
+    assert rc == 2
+    _assert_one_clean_error(capsys.readouterr().err, f"slide {slide}", "non-finite")
+    assert not (tmp_path / "ext" / "metrics.json").exists()
+
+
+def test_h5_and_pt_bags_with_non_finite_features_are_refused(tmp_path):
+    import h5py
+    import torch
+
+    from histokd_core.features import open_features
+
+    feats = np.ones((5, 4), np.float32)
+    feats[2, 0] = np.nan
+    coords = np.arange(10).reshape(5, 2) * 256
+    with h5py.File(tmp_path / "A.h5", "w") as fh:
+        fh["features"] = feats
+        fh["coords"] = coords
+    torch.save(torch.from_numpy(feats), tmp_path / "B.pt")
+    for slide, name in (("A", "A.h5"), ("B", "B.pt")):
+        sf = open_features(tmp_path, slide)
+        with pytest.raises(DataError, match=rf"{name}: slide {slide} at 20x: 1 of 5 .*row 2"):
+            sf.feats()
+    with pytest.raises(DataError, match=r"\(x, y\) = \(1024, 1280\)"):
+        open_features(tmp_path, "A").feats()
+
+
+# -- feature dimension ------------------------------------------------------------------------
+
+def test_feature_dimension_mismatch_names_the_file(cohort_dir, tmp_path, capsys):
+    from histokd_core.features.store import read_slide_attrs, write_slide_features
+
+    slide = _slides(cohort_dir)[4]
+    store = _copy_store(cohort_dir, tmp_path)
+    attrs = read_slide_attrs(store, slide)
+    shutil.rmtree(store / f"{slide}.zarr")
+    write_slide_features(store, slide, "20x", np.zeros((6, 16), np.float32),
+                         np.arange(12).reshape(6, 2), {**attrs, "feat_dim": 16})
+    rc = main(_train_args(cohort_dir, tmp_path / "run", features=store))
+    assert rc == 2
+    _assert_one_clean_error(capsys.readouterr().err, f"{slide}.zarr", f"slide {slide}",
+                            "d = 16", "d = 8")
+
+
+# -- omics ------------------------------------------------------------------------------------
+
+def test_omics_strings_in_numeric_columns_are_an_error(cohort_dir, tmp_path, capsys):
+    from histokd_core.omics.tables import read_expression
+
+    omics = pd.read_csv(cohort_dir / "omics.csv").astype(object)
+    genes = list(omics.columns[1:])
+    omics.loc[2, genes[0]] = "NA?"
+    omics.loc[6, genes[0]] = "1,234"
+    omics.loc[4, genes[3]] = "high"
+    bad = tmp_path / "omics.csv"
+    omics.to_csv(bad, index=False)
+    with pytest.raises(DataError) as info:
+        read_expression(bad)
+    message = str(info.value)
+    assert str(bad) in message and repr(genes[0]) in message
+    assert "'NA?'" in message and "'1,234'" in message and "line(s) 4, 8" in message
+    rc = main(_train_args(cohort_dir, tmp_path / "run", omics=bad))
+    assert rc == 2
+    _assert_one_clean_error(capsys.readouterr().err, str(bad), genes[0], "'NA?'")
+    # a column of text only is metadata: left out with a warning, never a silent drop
+    seen = []
+    expr = read_expression(cohort_dir / "omics_project.csv", warn=seen.append)
+    assert "project" not in expr.columns and expr.shape[1] == len(genes)
+    assert len(seen) == 1 and "'project'" in seen[0]
+
+
+def test_omics_text_column_is_counted_in_metrics(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert len(m["data_warnings"]) == 1 and "'project'" in m["data_warnings"][0]
+
+
+def test_omics_duplicated_gene_column_is_detected_before_pandas_renames_it(cohort_dir, tmp_path):
+    from histokd_core.omics.tables import read_expression
+
+    lines = (cohort_dir / "omics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    dup = header[3]
+    bad = tmp_path / "dup.tsv"
+    rows = [[*r.split(","), r.split(",")[3]] for r in lines[1:]]
+    bad.write_text("\n".join("\t".join(r) for r in [[*header, dup], *rows]) + "\n")
+    with pytest.raises(DataError, match=rf"dup.tsv: duplicate column name.*'{dup}' "
+                                        rf"\(columns 4, {len(header) + 1}\)"):
+        read_expression(bad)
+
+
+# -- cohorts and folds ------------------------------------------------------------------------
+
+def test_semicolon_cohort_csv_says_the_separator_is_wrong(cohort_dir, tmp_path, capsys):
+    bad = tmp_path / "cohort.csv"
+    pd.read_csv(cohort_dir / "cohort.csv").to_csv(bad, sep=";", index=False)
+    rc = main(_train_args(cohort_dir, tmp_path / "run", cohort=bad))
+    assert rc == 2
+    _assert_one_clean_error(capsys.readouterr().err, str(bad), "semicolon", "comma")
+
+
+def test_cohort_without_events_is_refused(cohort_dir, tmp_path, capsys):
+    bad = tmp_path / "cohort.csv"
+    pd.read_csv(cohort_dir / "cohort.csv").assign(event=0).to_csv(bad, index=False)
+    rc = main(_train_args(cohort_dir, tmp_path / "run", cohort=bad))
+    assert rc == 2
+    _assert_one_clean_error(capsys.readouterr().err, str(bad), "no case has an event")
+    assert not (tmp_path / "run").exists()
+
+
+def test_test_fold_with_too_few_events_is_refused(cohort_dir, tmp_path, capsys):
+    from histokd_core.cohort import check_evaluable, load_cohort, make_folds
+
+    table = pd.read_csv(cohort_dir / "cohort.csv").head(12)
+    small = tmp_path / "small.csv"
+    table.to_csv(small, index=False)
+    rc = main(_train_args(cohort_dir, tmp_path / "run", "--folds", "5", cohort=small))
+    assert rc == 2
+    err = capsys.readouterr().err
+    _assert_one_clean_error(err, str(small), "test split has", "at least 3 events", "--folds")
+    cohort = load_cohort(small)
+    folds = make_folds(cohort, n_folds=5, seed=0)
+    with pytest.raises(DataError, match="fold"):
+        check_evaluable(cohort, folds)
+    check_evaluable(cohort, folds, min_test_events=0)  # the stated minimum is a setting
+
+
+def test_classification_fold_without_a_class_is_refused(cohort_dir, tmp_path, capsys):
+    from histokd_core.cohort import Folds, check_evaluable, load_cohort
+
+    table = pd.read_csv(cohort_dir / "cohort.csv")
+    table["grade"] = ["high"] * 2 + ["low"] * (len(table) - 2)
+    path = tmp_path / "labels.csv"
+    table.to_csv(path, index=False)
+    cohort = load_cohort(path, task="classification", label_column="grade")
+    rows = [(f, c, "test" if (i % 4 == f) else "train")
+            for f in range(4) for i, c in enumerate(cohort.case_ids)]
+    folds = Folds(pd.DataFrame(rows, columns=["fold", "case_id", "split"]))
+    with pytest.raises(DataError, match=r"fold 2's test split \(4 case\(s\)\) has no case of "
+                                        r"class\(es\) 'high'"):
+        check_evaluable(cohort, folds)
+    rc = main(_train_args(cohort_dir, tmp_path / "run", "--task", "classification",
+                          "--label-column", "grade", "--folds", "3", cohort=path))
+    assert rc == 2
+    _assert_one_clean_error(capsys.readouterr().err, str(path), "has no case of class(es) 'high'")
+
+
+# -- run folders ------------------------------------------------------------------------------
+
+def test_checkpoint_of_another_task_in_a_run_folder(run_dir, cohort_dir, tmp_path, capsys):
+    other = tmp_path / "cls_run"
+    (tmp_path / "abmil.yaml").write_text("models: [abmil]\n")
+    rc = main(_train_args(cohort_dir, other, "--task", "classification",
+                          "--method-config", str(tmp_path / "abmil.yaml")))
+    assert rc == 0
+    mixed = tmp_path / "mixed"
+    shutil.copytree(run_dir, mixed)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(other / "fold_0" / f"abmil{suffix}", mixed / "fold_0" / f"zz_stray{suffix}")
+    rc = main(["evaluate", "--run", str(mixed), "--cohort", str(cohort_dir / "cohort.csv"),
+               "--features", str(cohort_dir / "features"), "--out", str(tmp_path / "ext"),
+               "--device", "cpu"])
+    assert rc == 2
+    _assert_one_clean_error(capsys.readouterr().err, "zz_stray.safetensors",
+                            "classification checkpoint", "survival run")
