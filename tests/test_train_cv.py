@@ -51,7 +51,8 @@ def test_run_cv_writes_run_and_metrics_schema(tmp_path):
     result = run_cv(METHOD, {"models": ["abmil", "omics_only"]}, data, run_dir, cfg())
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m == result.metrics
-    assert set(m) == {"method", "task", "folds", "summary"}
+    assert set(m) == {"method", "task", "folds", "summary", "data_warnings"}
+    assert m["data_warnings"] == []  # what reading the data left out (none here)
     assert m["method"] == METHOD and m["task"] == "survival"
     assert [f["fold"] for f in m["folds"]] == [0, 1, 2]
     for f in m["folds"]:
