@@ -70,7 +70,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histokd_core.workflows import predict_cohort, predict_slide
+    # from the module: the package attribute predict_cohort is the submodule once it is imported
+    from histokd_core.workflows.predict import predict_cohort, predict_slide
 
     if args.run is not None or args.maps is not None or args.cohort is not None:
         return _cohort_maps(args)
