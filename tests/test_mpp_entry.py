@@ -130,3 +130,22 @@ def test_analyse_dock_on_the_real_tcga_slide_with_an_entered_mpp(make_napari_vie
     anns = read_geojson(ex.export_regions())
     assert "Area µm^2" in anns[0].measurements
     assert {str(u) for la in viewer.layers for u in la.units[-2:]} == {"micrometer"}
+
+
+@pytest.mark.gui
+def test_entering_an_mpp_moves_every_overlay_with_the_slide(make_napari_viewer, tcga):
+    """Overlays drawn while the slide was in pixels (or at another mpp) stay on the same tissue."""
+    from napari_histokd._widgets._common import apply_mpp
+
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning, match="mpp"):
+        [layer] = viewer.open(str(tcga), plugin="napari-histokd")
+    points = viewer.add_points([[100.0, 200.0]], metadata={"world_mpp": 1.0})
+    apply_mpp(viewer, layer, 0.5)
+    np.testing.assert_allclose(points.data_to_world(points.data[0]), [50.0, 100.0])
+    assert points.metadata["world_mpp"] == 0.5 and str(points.units[-1]) == "micrometer"
+    np.testing.assert_allclose(layer.data_to_world([100.0, 200.0])[-2:], [50.0, 100.0])
+    apply_mpp(viewer, layer, 0.25)  # corrected: both move again, still together
+    np.testing.assert_allclose(points.data_to_world(points.data[0]), [25.0, 50.0])
+    np.testing.assert_allclose(layer.data_to_world([100.0, 200.0])[-2:], [25.0, 50.0])
+    assert layer.metadata["mpp"] == 0.25 and not layer.metadata["mpp_missing"]

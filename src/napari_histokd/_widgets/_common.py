@@ -58,19 +58,23 @@ def mpp_hint(metadata: dict) -> str:
 
 
 def apply_mpp(viewer: napari.Viewer, layer, mpp: float) -> None:
-    """Give a slide layer shown in pixels (no mpp in its file) the user's ``mpp``: it and every
-    other layer in pixel units are rescaled to microns, so overlays, the scale bar and exports
-    carry microns and areas. No-op when the layer already has this mpp."""
+    """Give a slide layer the user's ``mpp`` (microns per level-0 pixel): it and every overlay in
+    the viewer (placed for the slide's previous scale: pixels when its file had no mpp) are
+    rescaled, so overlays, the scale bar and exports carry microns and areas. No-op when the
+    layer already has this mpp in microns."""
     mpp = float(mpp)
     if layer.metadata.get("mpp") == mpp and _in_microns(layer):
         return
     factor = mpp / float(layer.scale[-1])
     for other in viewer.layers:
-        if other is layer or _in_microns(other) or other.metadata.get("histokd_kind") == "slide":
+        if other is layer or other.metadata.get("histokd_kind") == "slide":
             continue
         other.scale = (*other.scale[:-2], *(np.asarray(other.scale[-2:]) * factor))
         other.translate = (*other.translate[:-2], *(np.asarray(other.translate[-2:]) * factor))
         other.units = (*other.units[:-2], "um", "um")
+        for key in ("world_mpp", "histokd_mpp"):
+            if other.metadata.get(key):
+                other.metadata[key] = float(other.metadata[key]) * factor
     layer.scale = (*layer.scale[:-2], mpp, mpp)
     layer.units = (*layer.units[:-2], "um", "um")
     layer.metadata.update(mpp=mpp, mpp_y=mpp, mpp_source="entered in the viewer", mpp_missing=False)
