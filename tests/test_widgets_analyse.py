@@ -481,3 +481,53 @@ def test_cancel_stops_within_a_second_and_keeps_the_features(make_napari_viewer,
     assert slow.count - encoded_before == n - kept
     assert not kept_file.exists()
     print(f"cancel latency {latency:.2f} s, kept {kept} of {n} patches")
+
+
+def test_fine_map_option_adds_one_multiscale_layer(make_napari_viewer, qtbot, trained, tmp_path):
+    """Analyse with "overlapping patches, stride patch/2": one lazy multiscale layer on the slide,
+    shown instead of the coarse map, whose pixels average the covering patches (x uniform)."""
+    from histokd_core.features import get_encoder
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    enc = get_encoder("hed-texture", device="cpu")
+    info = DataInfo(task="classification", feat_dim=enc.dim, n_classes=2, encoder_id=enc.id)
+    rng = np.random.default_rng(0)
+    coords = torch.from_numpy(lattice())
+    bags = [Bag(case_id=f"h{i}", feats=torch.from_numpy(rng.normal(size=(len(coords), enc.dim)).astype(np.float32)),
+                coords=coords, patch_size=P, label=i % 2) for i in range(8)]
+    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
+        train=bags[:4], val=bags[4:6], test=bags[6:], info=info))
+    run_cv("baselines", {"models": ["abmil"]}, data, tmp_path / "run",
+           TrainConfig(epochs=1, batch_size=4, seed=0, device="cpu", num_threads=1), folds=[0])
+    viewer = make_napari_viewer()
+    (data, kwargs, kind), = read_slides(str(trained.slide.path))
+    slide_layer = viewer.add_image(data, **kwargs)
+    w = AnalyseWidget(viewer)
+    w.checkpoint.setText(str(tmp_path / "run" / "fold_0" / "abmil.safetensors"))
+    w.extract_now.setChecked(True)
+    w.extract_to.setText(str(tmp_path / "extracted"))
+    w.device.setCurrentText("cpu")
+    w.fine.setCurrentIndex(1)  # stride patch/2
+    run_analysis(w, qtbot, 300_000)
+    fine = w.layers["fine"]
+    levels = fine.data if fine.multiscale else [fine.data]
+    assert fine.visible and fine.metadata["stride_level0"] == P // 2
+    assert [k for k, lyr in w.layers.items() if lyr.visible and k != "top_patches"] == ["fine"]
+    assert w.map.currentData() == "fine" and w.colourbar.caption() == "x uniform (1/n)"
+    assert str(fine.units[-1]) == "micrometer"
+    # the map covers the slide: same outer world bounds (to within one map pixel)
+    np.testing.assert_allclose(outer_bounds(fine)[1], outer_bounds(slide_layer)[1], atol=fine.scale[-1])
+    # overlapping lattice at P/2; each finite pixel is the mean of the covering patches' values
+    c, v = fine.metadata["patch_coords"], fine.metadata["patch_values"]
+    assert len(c) > 0 and set(np.unique(c % P)) <= {0, P // 2} and len(np.unique(c[:, 0] % P)) == 2
+    assert v.sum() == pytest.approx(len(v))  # multiples of uniform average to 1
+    level0 = np.asarray(levels[0])
+    ds = fine.metadata["downsamples"][0]
+    checked = 0
+    for r, col in np.argwhere(np.isfinite(level0))[::7]:
+        px, py = (col + 0.5) * ds, (r + 0.5) * ds
+        covering = (c[:, 0] <= px) & (px < c[:, 0] + P) & (c[:, 1] <= py) & (py < c[:, 1] + P)
+        assert level0[r, col] == pytest.approx(v[covering].mean(), rel=1e-5)
+        checked += 1
+    assert checked > 0
+    assert np.nanmax(level0) <= fine.contrast_limits[1] + 1e-4

@@ -202,6 +202,50 @@ def top_patch_points(expl: Explanation, indices: list[int], name: str, world_mpp
     return centres, feats
 
 
+def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tuple[str, str] | None = None,
+                   scale_mode: ScaleMode = "slide") -> LayerData:
+    """One multiscale image layer of a fine (overlap-averaged) map.
+
+    ``fine`` is a :class:`~histokd_core.workflows.fine_maps.FineMaps`; ``key`` one of its map names
+    (``"attention"``, ``"pathway:<name>"``, ``"memory:<component>"``). Attention and pathway maps
+    are shown in multiples of uniform over the overlapping patches (their attention sums to 1 over
+    them), memory maps as cosine similarity; the pyramid stays lazy (dask), scaled on the fly.
+    """
+    fmap = fine.maps[key]
+    expl = fine.explanation
+    n = len(expl.coords)
+    kind: MapKind = "similarity" if key.startswith("memory:") else "attention"
+    if key == "attention":
+        per_patch = expl.attention
+    elif key.startswith("pathway:"):
+        per_patch = expl.pathway_maps[key.split(":", 1)[1]]
+    else:
+        per_patch = expl.memory[list(expl.memory_names).index(key.split(":", 1)[1])]
+    display = to_display(per_patch, kind, n)
+    scale = map_scale(display, kind, scale_mode)
+    factor = float(n) if kind == "attention" else 1.0
+    levels = [lvl * np.float32(factor) for lvl in fmap.levels]
+    p = f"{prefix} " if prefix else ""
+    kwargs = {
+        "name": f"{p}{key} (fine, stride {fmap.stride} px)",
+        "colormap": napari_colormap(scale),
+        "contrast_limits": scale.contrast_limits,
+        "multiscale": len(levels) > 1,
+        "opacity": 1.0,
+        "blending": "translucent",
+        "interpolation2d": "nearest",
+        "metadata": {"histokd_kind": "fine", "fine_map": key, "map_kind": kind, "world_mpp": world_mpp,
+                     "scale": scale_metadata(scale), "stride_level0": fmap.stride,
+                     "downsamples": list(fmap.downsamples), "n_patches": n,
+                     "patch_coords": np.asarray(expl.coords), "patch_values": display,
+                     "patch_size": int(expl.patch_size)},
+        **fmap.transform(world_mpp).as_kwargs(),
+    }
+    if units is not None:
+        kwargs["units"] = tuple(units)
+    return (levels if len(levels) > 1 else levels[0]), kwargs, "image"
+
+
 def layer_raster(layer, component: int = 0):
     """The :class:`PatchRaster` shown by a heatmap layer made here (current pathway / component)."""
     from histokd_core.explain import PatchRaster

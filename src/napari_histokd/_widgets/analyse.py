@@ -114,6 +114,32 @@ def add_analysis_layers(
     return added
 
 
+def analyse_with_fine_maps(stride_div: int, min_tissue: float, progress=None, cancel=None, **kwargs):
+    """:func:`~histokd_core.workflows.analyse_slide`, then (``stride_div`` 2 or 4) the fine
+    overlap-averaged maps of :func:`~histokd_core.workflows.fine_maps.fine_maps_slide`, their
+    features kept in ``<extract_to>/heatmaps``. Returns ``(Analysis, FineMaps or None)``; progress
+    fractions are split between the two."""
+    from histokd_core.progress import ProgressEvent
+
+    def part(lo: float, hi: float, label: str = ""):
+        if progress is None:
+            return None
+        return lambda e: progress(ProgressEvent("message", lo + (hi - lo) * e.fraction, label + e.message))
+
+    if not stride_div:
+        return analyse_slide(progress=progress, cancel=cancel, **kwargs), None
+    from histokd_core.workflows.fine_maps import fine_maps_slide
+
+    analysis = analyse_slide(progress=part(0.0, 0.5), cancel=cancel, **kwargs)
+    if not kwargs.get("slide_path"):
+        raise ValueError("fine maps need the slide file (open the slide with this plugin's reader)")
+    fine = fine_maps_slide(kwargs["checkpoint"], kwargs["slide_path"], Path(kwargs["extract_to"]) / "heatmaps",
+                           stride_div=stride_div, min_tissue=min_tissue, mpp=kwargs.get("mpp"),
+                           slide_id=kwargs.get("slide_id"), device=kwargs.get("device", "auto"),
+                           progress=part(0.5, 1.0, "fine map: "), cancel=cancel)
+    return analysis, fine
+
+
 def _swatch(rgb) -> str:
     r, g, b = (int(v) for v in rgb)
     return (f'<span style="background-color:#{r:02x}{g:02x}{b:02x}; color:#{r:02x}{g:02x}{b:02x}">'
@@ -164,6 +190,18 @@ class AnalyseWidget(QWidget):
         self.device.addItems(["auto", "cpu", "cuda"])
         self.scale_mode = QComboBox(self)
         self.scale_mode.addItems(["slide", "fixed"])
+        self.fine = QComboBox(self)
+        self.fine.addItem("off: one square per patch", 0)
+        self.fine.addItem("overlapping patches, stride patch/2", 2)
+        self.fine.addItem("overlapping patches, stride patch/4", 4)
+        self.fine.setToolTip("a finer map: every pixel averages the scores of all the overlapping patches "
+                             "that cover it (as CLAM's heatmaps); costs 4x (patch/2) or 16x (patch/4) "
+                             "the patches to extract")
+        self.fine_tissue = QDoubleSpinBox(self)
+        self.fine_tissue.setRange(0.0, 1.0)
+        self.fine_tissue.setSingleStep(0.05)
+        self.fine_tissue.setValue(0.1)
+        self.fine_tissue.setToolTip("minimum tissue fraction of a heatmap patch (the training grid keeps 0.5)")
         self.scale_mode.setToolTip("slide: colour range from this slide (never stretched below 2x uniform); "
                                    "fixed: the same range for every slide (attention 0-4x uniform)")
         self.run_btn = QPushButton("Analyse", self)
@@ -202,6 +240,8 @@ class AnalyseWidget(QWidget):
         form.addRow("extract to", _path_row(self.extract_to, self._pick_extract_to, self))
         form.addRow("device", self.device)
         form.addRow("colour scale", self.scale_mode)
+        form.addRow("fine map", self.fine)
+        form.addRow("heatmap min tissue", self.fine_tissue)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_btn)
         buttons.addWidget(self.cancel_btn)
@@ -313,7 +353,7 @@ class AnalyseWidget(QWidget):
         scale_mode = self.scale_mode.currentText()
         self._cancel.reset()
         worker = create_worker(
-            analyse_slide, **kwargs,
+            analyse_with_fine_maps, int(self.fine.currentData() or 0), self.fine_tissue.value(), **kwargs,
             progress=lambda event: self.signals.progress.emit(event.fraction, event.message),
             cancel=self._cancel,
             _start_thread=False,
@@ -346,12 +386,31 @@ class AnalyseWidget(QWidget):
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
-    def _on_done(self, analysis: Analysis, world_mpp: float, units: tuple[str, str] | None = None,
+    def _on_done(self, result, world_mpp: float, units: tuple[str, str] | None = None,
                  slide_mpp: float | None = None, scale_mode: str = "slide"):
+        analysis, fine = result
         self.analysis = analysis
         self.layers = add_analysis_layers(self.viewer, analysis, world_mpp, units, slide_mpp, scale_mode)
+        if fine is not None:
+            self.add_fine_layer(fine, world_mpp, units, scale_mode)
         self.show_results()
         self.status.setText(f"{analysis.slide_id}: {len(analysis.explanation.coords)} patches")
+
+    def add_fine_layer(self, fine, world_mpp: float, units=None, scale_mode: str = "slide"):
+        """Add the fine map of the main map (attention, else the top pathway, else the first memory
+        component) as one multiscale layer; it becomes the shown map, the coarse one is hidden."""
+        from napari_histokd._layers import fine_map_layer
+
+        keys = list(fine.maps)
+        key = "attention" if "attention" in keys else next(iter(keys))
+        data, kwargs, _ = fine_map_layer(fine, key, world_mpp, prefix=self.analysis.slide_id, units=units,
+                                         scale_mode=scale_mode)
+        kwargs["metadata"].update(histokd_analysis=True, coarse=key.split(":", 1)[0])
+        layer = self.viewer.add_image(data, **kwargs)
+        for other in self.layers.values():
+            other.visible = False
+        self.layers = {"fine": layer, **self.layers}
+        return layer
 
     # -- results ------------------------------------------------------------------------------
     def show_results(self):
@@ -382,6 +441,8 @@ class AnalyseWidget(QWidget):
             self.show_map(main)
 
     def _map_title(self, key: str) -> str:
+        if key == "fine":
+            return f"{self.layers['fine'].metadata['fine_map']} (fine, overlapping patches)"
         if key.startswith("clusters:"):
             return f"{key[9:]} clusters"
         if key == "memory":
@@ -451,6 +512,8 @@ class AnalyseWidget(QWidget):
         """(name, per-patch values in display units) of the map shown for ``key``."""
         expl = self.analysis.explanation
         n = len(expl.coords)
+        if key == "fine":
+            key = self.layers["fine"].metadata["coarse"]
         if key == "attention" and expl.attention is not None:
             return "attention", to_display(expl.attention, "attention", n)
         if key == "pathway":
