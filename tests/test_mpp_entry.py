@@ -149,3 +149,9 @@ def test_entering_an_mpp_moves_every_overlay_with_the_slide(make_napari_viewer, 
     np.testing.assert_allclose(points.data_to_world(points.data[0]), [25.0, 50.0])
     np.testing.assert_allclose(layer.data_to_world([100.0, 200.0])[-2:], [25.0, 50.0])
     assert layer.metadata["mpp"] == 0.25 and not layer.metadata["mpp_missing"]
+    from napari_histokd._widgets._common import mpp_hint
+
+    assert mpp_hint(layer.metadata) == "0.25 um/px entered in the viewer"
+    assert mpp_hint({"mpp": 0.499, "mpp_source": "metadata", "magnification": 20.0}) == \
+        "0.499 um/px from the file, objective 20x"
+    assert "about 0.25 um/px" in mpp_hint({"mpp": None, "magnification": 40.0})

@@ -49,8 +49,9 @@ def mpp_hint(metadata: dict) -> str:
     mpp, power = metadata.get("mpp"), metadata.get("magnification")
     if mpp:
         src = metadata.get("mpp_source") or "file"
+        src = {"file": "from the file", "metadata": "from the file", "user": "given when opened"}.get(src, src)
         extra = f", objective {power:g}x" if power and not metadata.get("magnification_estimated") else ""
-        return f"{mpp:g} um/px from the {src}{extra}"
+        return f"{mpp:g} um/px {src}{extra}"
     if power:
         return (f"not in the file; objective {power:g}x suggests about {10.0 / power:g} um/px "
                 "(check the scanner)")
