@@ -243,12 +243,18 @@ def test_pathway_selector_swaps_map_and_legends(make_napari_viewer, trained):
     assert "tumor" in w.clusters_legend.text() and "#0:" in w.clusters_legend.text()
     assert "background-color:#1f77b4" in w.clusters_legend.text()  # cluster 0's colour
     assert not tumor.editable
+    tumor.visible = False
+    tumor.visible = True  # napari resets editable when a layer is shown: it stays read-only
+    assert not tumor.editable
     for lyr in (layer, tumor, w.layers["attention"]):
         np.testing.assert_allclose(outer_bounds(lyr), outer_bounds(slide_layer), atol=1e-6)
     # memory selector: names, not numbers; shows the component and its top patches only
     assert w.component.itemText(1) == "C-0 (negative-class component 0)"
     w.component.setCurrentIndex(1)
-    assert viewer.dims.point[0] == 1
+    memory = w.layers["memory"]
+    assert memory.metadata["component"] == 1 and memory.ndim == 2 and viewer.dims.ndim == 2
+    np.testing.assert_array_equal(memory.data, memory.metadata["memory_grids"][1])
+    assert memory.name == "s memory: C-0"
     assert top.features["index"].tolist() == [5, 6, 7] and top.visible
     assert w.layers["memory"].visible and not w.layers["pathway"].visible
     assert "P(positive) 0.800" in w.prediction.text() and "P(positive) >= 0.5" in w.prediction.text()
@@ -333,8 +339,9 @@ def test_layers_follow_a_pixel_unit_slide():
     d, k, t = layers["attention"]
     assert k["scale"] == (256.0, 256.0) and k["translate"] == (127.5, 127.5)
     assert k["visible"] and not layers["pathway"][1]["visible"]
-    d, k, t = layers["memory components"]
-    assert d.shape == (2, H // P, W // P) and k["scale"] == (1.0, 256.0, 256.0)
+    d, k, t = layers["memory: C+0"]  # one component at a time: 2-D, no slider
+    assert d.shape == (H // P, W // P) and k["scale"] == (256.0, 256.0)
+    assert k["metadata"]["memory_grids"].shape == (2, H // P, W // P)
 
 
 def test_export_widget_regions_top_patches_and_overwrite(make_napari_viewer, trained, tmp_path):

@@ -5,7 +5,7 @@ slide layer's world units (``world_mpp`` = microns per level-0 px, or 1.0 for a 
 pixels). Heatmaps are float images in their map's unit (attention: multiples of uniform) with NaN
 where no patch lies (transparent), the range and colour table of
 :mod:`histokd_core.explain.colour`; cluster maps are Labels; memory components are one
-``(K, rows, cols)`` image; top patches are a Points layer of ranked, labelled squares.
+2-D image showing one component at a time; top patches are a Points layer of ranked, labelled squares.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def explanation_layers(
     heatmap (top-ranked pathway; ``metadata["pathway_grids"]`` holds every pathway's grid in rank
     order), both in multiples of uniform attention (1/n); one Labels per cluster map
     (``metadata["legend"]``: cluster id -> patch count, ``metadata["colors"]``: id -> RGB);
-    ``memory`` ``(K, rows, cols)`` cosine similarities; ``top patches`` Points of the main map
+    ``memory`` cosine similarities of one component (2-D, so no slider; ``metadata["memory_grids"]``
+    holds all ``(K, rows, cols)``, ``metadata["component"]`` the one shown); ``top patches`` Points of the main map
     (``metadata["top"]`` holds every map's ranked patches; the widget shows one map at a time).
     Every heatmap carries ``metadata["scale"]`` (:func:`scale_metadata`) and a colormap from
     :mod:`histokd_core.explain.colour`, with ``scale_mode`` (``cohort`` takes a scale per map
@@ -142,17 +143,18 @@ def explanation_layers(
         names = expl.memory_names or [f"component {i}" for i in range(len(mem))]
         scale = map_scale(mem, "similarity", scale_mode,
                           (cohort or {}).get("similarity"))
-        layers.append((np.stack([r.grid for r in rasters]).astype(np.float32), {
-            "name": f"{p}memory components",
+        grids = np.stack([r.grid for r in rasters]).astype(np.float32)
+        layers.append((grids[0], {
+            "name": f"{p}memory: {names[0]}",
             "colormap": napari_colormap(scale),
             "contrast_limits": scale.contrast_limits,
             "opacity": 1.0,
             "blending": "translucent",
             "interpolation2d": "nearest",
-            "scale": (1.0, *t.scale),
-            "translate": (0.0, *t.translate),
             "metadata": {"histokd_kind": "memory", "memory_names": names, "map_kind": "similarity",
+                         "memory_grids": grids, "component": 0,
                          "scale": scale_metadata(scale), **_raster_meta(rasters[0], world_mpp)},
+            **t.as_kwargs(),
         }, "image"))
     main = next((k for k in MAIN_MAPS for _, kw, _ in layers if kw["metadata"].get("histokd_kind") == k), None)
     for _, kw, _ in layers:
@@ -173,8 +175,8 @@ def explanation_layers(
             "metadata": {"histokd_kind": "top_patches", "world_mpp": world_mpp, "top": top, "map": first},
         }, "points"))
     if units is not None:
-        for data, kwargs, _ in layers:
-            kwargs["units"] = ("pixel", *units) if len(kwargs.get("scale", (0, 0))) == 3 else tuple(units)
+        for _, kwargs, _ in layers:
+            kwargs["units"] = tuple(units)
     return layers
 
 

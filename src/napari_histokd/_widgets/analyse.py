@@ -108,7 +108,7 @@ def add_analysis_layers(
         layer = getattr(viewer, f"add_{kind}")(data, **kwargs)
         key = kwargs["metadata"]["histokd_kind"]
         if key == "clusters":
-            layer.editable = False
+            read_only(layer)
             key = f"clusters:{kwargs['metadata']['clusters']}"
         added[key] = layer
     return added
@@ -138,6 +138,19 @@ def analyse_with_fine_maps(stride_div: int, min_tissue: float, progress=None, ca
                            slide_id=kwargs.get("slide_id"), device=kwargs.get("device", "auto"),
                            progress=part(0.5, 1.0, "fine map: "), cancel=cancel)
     return analysis, fine
+
+
+def read_only(layer) -> None:
+    """Keep a Labels layer non-editable (no paint tools), also after napari resets ``editable``
+    when the layer is shown again."""
+
+    def keep(*_):
+        if layer.editable:
+            layer.editable = False
+
+    layer.events.editable.connect(keep)
+    layer.events.visible.connect(keep)
+    keep()
 
 
 def _swatch(rgb) -> str:
@@ -520,7 +533,7 @@ class AnalyseWidget(QWidget):
             name = self.layers["pathway"].metadata["pathway"]
             return name, to_display(expl.pathway_maps[name], "attention", n)
         if key == "memory":
-            k = max(0, int(round(self.viewer.dims.point[0])))
+            k = int(self.layers["memory"].metadata["component"])
             name = self.layers["memory"].metadata["memory_names"][k]
             return name, np.asarray(expl.memory[k], dtype=np.float64)
         return None, None
@@ -586,8 +599,12 @@ class AnalyseWidget(QWidget):
         self.show_map("pathway")
 
     def show_component(self, index: int):
-        """Show memory component ``index`` with its colour bar and top patches."""
+        """Show memory component ``index`` (swapping the layer's data), its colour bar and its
+        top patches."""
         if index < 0 or "memory" not in self.layers:
             return
-        self.viewer.dims.set_point(0, index)
+        layer = self.layers["memory"]
+        layer.data = layer.metadata["memory_grids"][index]
+        layer.metadata["component"] = index
+        layer.name = f"{self.analysis.slide_id} memory: {layer.metadata['memory_names'][index]}"
         self.show_map("memory")

@@ -137,7 +137,8 @@ class ExportWidget(QWidget):
         return self.viewer.layers[name]
 
     def _component(self, layer) -> int:
-        return int(round(self.viewer.dims.point[0])) if np.ndim(layer.data) == 3 else 0
+        """The memory component a memory layer shows (0 for other maps)."""
+        return int(layer.metadata.get("component", 0))
 
     def set_quantile(self):
         layer = self._heatmap_layer()
