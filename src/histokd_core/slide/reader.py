@@ -136,7 +136,8 @@ class Slide:
             self.mpp, self.mpp_source = None, None
             message = (
                 f"{path.name}: no microns-per-pixel (mpp) in the slide metadata; showing it in "
-                "pixel units. Tiling and feature extraction need --mpp."
+                "pixel units. Tiling and feature extraction need it: the 'slide um/px' field of the "
+                "napari docks, --mpp on the command line, or open_slide(path, mpp=...)."
             )
             warnings.warn(message, MissingMppWarning, stacklevel=3)
         self.mpp_y: float | None = float(mpp) if mpp is not None else (file_mpp_y or file_mpp)
