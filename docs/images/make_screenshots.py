@@ -1,109 +1,40 @@
 """Regenerate the screenshots of docs/user-guide.md and docs/training.md (needs a display:
 ``xvfb-run -a .venv/bin/python docs/images/make_screenshots.py [--only NAME ...]``).
 
-Everything shown is computed: a synthetic slide with a planted tumour region, an ABMIL model
-trained here to find planted patches, the Analyse and Export docks, and the Train dock running
-the baselines on a synthetic feature cohort. The method overlays (AMKD pathway heatmap, subspace
-tumour/TME clusters, MoMKD memory components) come from tiny AMKD, subspace and MoMKD models
-trained here on a synthetic image cohort (real pyramidal slides, ``hed-texture`` features).
+Everything shown is computed. Demo models (tiny AMKD, subspace and MoMKD students, as ``histokd
+demo`` trains them) are trained here on a synthetic image cohort (real pyramidal slides,
+``hed-texture`` features), then the Analyse dock runs them with "extract now" on the two real
+slides in ``$HISTOKD_SHARED_DATA/slides`` (CMU-1-Small-Region, 0.499 um/px in its file, and the
+TCGA frozen section, which has no mpp: it is entered in the dock). The Train dock runs the
+baselines on a synthetic feature cohort.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
-import torch
-
-from histokd_core.bag import Bag, DataInfo
-from histokd_core.features.store import write_slide_features
-from histokd_core.synthetic import PlantedRegion, write_synthetic_slide
 from histokd_core.synthetic.cohort import make_feature_cohort
 from histokd_core.train import TrainConfig, run_cv
 
 HERE = Path(__file__).parent
-MPP, P, H, W, D = 0.5, 256, 4096, 6144, 16
-REGION = PlantedRegion("tumor", y0=1536, x0=3584, y1=2560, x1=5120)
+SLIDES = Path(os.environ.get("HISTOKD_SHARED_DATA", HERE.parents[2] / "shared" / "data")) / "slides"
+CMU = SLIDES / "CMU-1-Small-Region.svs"
+TCGA = SLIDES / "TCGA-CR-7395-01A-01-TS1.svs"
+#: the TCGA frozen section records no mpp; 0.5 um/px (a 20x scan) is entered in the dock.
+TCGA_MPP = 0.5
 
 
-def lattice():
-    ys, xs = np.mgrid[0:H:P, 0:W:P]
-    return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
-
-
-def feats(coords, box, rng, direction):
-    x0, y0, x1, y1 = box
-    f = rng.normal(size=(len(coords), D)).astype(np.float32)
-    inside = (coords[:, 0] >= x0) & (coords[:, 0] < x1) & (coords[:, 1] >= y0) & (coords[:, 1] < y1)
-    f[inside] += 3.0 * direction
-    return f
-
-
-def bags(n, seed, direction):
-    rng, coords, out = np.random.default_rng(seed), lattice(), []
-    for i in range(n):
-        c0, r0 = rng.integers(0, W // P - 6), rng.integers(0, H // P - 4)
-        box = (c0 * P, r0 * P, (c0 + 6) * P, (r0 + 4) * P) if i % 2 else (0, 0, 0, 0)
-        out.append(Bag(f"c{seed}_{i}", torch.from_numpy(feats(coords, box, rng, direction)),
-                       torch.from_numpy(coords), patch_size=P, label=i % 2))
-    return out
-
-
-def base_screenshots(tmp: Path) -> None:
-    """analyse_attention.png, export_regions.png and train_dock.png."""
+def train_screenshot(tmp: Path) -> None:
+    """train_dock.png: the Train dock running the baselines on a synthetic feature cohort."""
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_histokd._reader import read_slides
-    from napari_histokd._widgets.analyse import AnalyseWidget
-    from napari_histokd._widgets.export import ExportWidget
     from napari_histokd._widgets.train import TrainWidget
 
-    slide = write_synthetic_slide(tmp / "slide.tif", (H, W), mpp=MPP, regions=[REGION], seed=1)
-    direction = np.zeros(D, np.float32)
-    direction[:4] = 1
-    info = DataInfo(task="classification", feat_dim=D, n_classes=2, encoder_id="demo")
-    parts = [bags(16, s, direction) for s in (1, 2)]
-    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(train=parts[0], val=parts[1][:8],
-                                                                      test=parts[1][8:], info=info))
-    run_cv("baselines", {"models": ["abmil"]}, data, tmp / "run",
-           TrainConfig(epochs=6, lr=3e-3, batch_size=4, device="cpu", num_threads=1), folds=[0])
-    coords = lattice()
-    write_synthetic = feats(coords, (REGION.x0, REGION.y0, REGION.x1, REGION.y1), np.random.default_rng(9), direction)
-    write_slide_features(tmp / "feats", "slide", "20x", write_synthetic, coords,
-                         {"encoder_id": "demo", "patch_size_level0": P, "mpp": MPP})
-
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
-    d, k, _ = read_slides(str(slide.path))[0]
-    viewer.add_image(d, **k)
-    analyse = AnalyseWidget(viewer)
-    viewer.window.add_dock_widget(analyse, name="Analyse slide")
-    analyse.checkpoint.setText(str(tmp / "run" / "fold_0" / "abmil.safetensors"))
-    analyse.features.setText(str(tmp / "feats"))
-    analyse.slide_id.setText("slide")
-    analyse.device.setCurrentText("cpu")
-    analyse.start()
-    app = QApplication.instance()
-    while not analyse.run_btn.isEnabled() or analyse.analysis is None:
-        app.processEvents()
-    viewer.reset_view()
-    app.processEvents()
-    viewer.window.screenshot(str(HERE / "analyse_attention.png"), canvas_only=False)
-
-    export = ExportWidget(viewer)
-    viewer.window.add_dock_widget(export, name="Export")
-    export.heatmap.setCurrentText(analyse.layers["attention"].name)
-    export.set_quantile()
-    export.out.setText(str(tmp / "regions.geojson"))
-    export.export_regions()
-    app.processEvents()
-    viewer.window.screenshot(str(HERE / "export_regions.png"), canvas_only=False)
-    viewer.close()
-
+    app = QApplication.instance() or QApplication([])
     cohort = make_feature_cohort(tmp / "cohort", n_cases=40, n_patches=16, feat_dim=8, seed=0, with_10x=False)
     viewer = napari.Viewer(show=True)
     train = TrainWidget(viewer)
@@ -130,9 +61,16 @@ def base_screenshots(tmp: Path) -> None:
 
 def image_cohort(tmp: Path):
     """A 14-case synthetic image cohort with 20x + 10x hed-texture features."""
+    from types import SimpleNamespace
+
     from histokd_core.features import extract_slide, get_encoder
     from histokd_core.synthetic import make_synthetic_cohort
 
+    root = tmp / "image_cohort"
+    if (root / "cohort.csv").is_file() and (tmp / "features").is_dir():  # --work: reuse it
+        return SimpleNamespace(slides={p.stem: p for p in sorted((root / "slides").glob("*.tif"))},
+                               cohort_csv=root / "cohort.csv", omics_csv=root / "omics.csv",
+                               gene_sets_path=root / "gene_sets.gmt")
     cohort = make_synthetic_cohort(tmp / "image_cohort", n_cases=14, slide_size=(2048, 2048), seed=3,
                                    workers=1, multi_slide_fraction=0.0, planted_fraction=0.4)
     encoder = get_encoder("hed-texture", device="cpu")
@@ -151,13 +89,17 @@ def train_student(cohort, tmp: Path, method: str, config: dict, task: str) -> Pa
                       label_column="label" if task == "classification" else None,
                       n_folds=3, n_bins=2, seed=0)
     out = tmp / f"run_{method}"
+    if (out / "fold_0" / "student.safetensors").is_file():  # --work: reuse the trained model
+        return out / "fold_0" / "student.safetensors"
     run_cv(method, config, data, out,
            TrainConfig(epochs=4, lr=1e-3, device="cpu", num_threads=1), folds=[0])
     return out / "fold_0" / "student.safetensors"
 
 
-def analysed_viewer(slide_path: Path, checkpoint: Path, features: Path):
-    """A shown viewer with ``slide_path`` opened by the plugin reader and the Analyse dock run."""
+def analysed_viewer(slide_path: Path, checkpoint: Path, tmp: Path, mpp: float | None = None,
+                    height: int = 1000):
+    """A shown viewer with a real slide opened by the plugin reader and the Analyse dock run with
+    "extract now" (``mpp`` entered in the dock when the file has none)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -165,55 +107,77 @@ def analysed_viewer(slide_path: Path, checkpoint: Path, features: Path):
     from napari_histokd._widgets.analyse import AnalyseWidget
 
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
+    viewer.window.resize(1500, height)
     d, k, _ = read_slides(str(slide_path))[0]
     viewer.add_image(d, **k)
+    viewer.canvas.overlays.scale_bar.visible = True
     analyse = AnalyseWidget(viewer)
     viewer.window.add_dock_widget(analyse, name="Analyse slide")
     analyse.checkpoint.setText(str(checkpoint))
-    analyse.features.setText(str(features))
+    analyse.extract_now.setChecked(True)
+    analyse.extract_to.setText(str(tmp / "real_features"))
     analyse.device.setCurrentText("cpu")
-    analyse.start()
+    if mpp is not None:
+        analyse.mpp.setValue(mpp)
+    if analyse.start() is None:
+        raise RuntimeError(analyse.status.text())
     app = QApplication.instance()
-    while not analyse.run_btn.isEnabled() or analyse.analysis is None:
+    while not analyse.run_btn.isEnabled():
         app.processEvents()
+    if analyse.analysis is None:
+        raise RuntimeError(analyse.status.text())
     viewer.reset_view()
     app.processEvents()
     return viewer, analyse
 
 
-def show_only(viewer, *layers) -> None:
-    """Hide every layer except the slide (the bottom layer) and ``layers``; select the last one."""
-    for layer in list(viewer.layers)[1:]:
-        layer.visible = layer in layers
-    viewer.layers.selection.active = layers[-1]
-
-
-def pathway_screenshot(cohort, tmp: Path) -> None:
-    """analyse_pathway.png: AMKD student's pathway-conditioned heatmap + ranked pathway list."""
+def shoot(viewer, name: str) -> None:
     from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.instance().processEvents()
+    viewer.window.screenshot(str(HERE / name), canvas_only=False)
+
+
+def amkd_screenshots(cohort, tmp: Path) -> None:
+    """analyse_attention.png (TCGA, mpp entered, attention with its colour bar and top patches),
+    analyse_pathway.png (CMU, top pathway map and the ranked list) and export_regions.png."""
+    from napari_histokd._widgets.export import ExportWidget
 
     ckpt = train_student(cohort, tmp, "amkd", {"dim": 32, "heads": 2, "dim_head": 16,
                                                "pathway_hidden": 32}, "survival")
-    path = next(iter(cohort.slides.values()))
-    viewer, analyse = analysed_viewer(path, ckpt, tmp / "features")
+    viewer, analyse = analysed_viewer(TCGA, ckpt, tmp, mpp=TCGA_MPP)
+    analyse.show_map("attention")
+    analyse.top_list.setCurrentRow(0)
+    viewer.reset_view()
+    shoot(viewer, "analyse_attention.png")
+    viewer.close()
+
+    viewer, analyse = analysed_viewer(CMU, ckpt, tmp)
     analyse.pathways.setCurrentRow(0)
-    show_only(viewer, analyse.layers["pathway"])
-    QApplication.instance().processEvents()
-    viewer.window.screenshot(str(HERE / "analyse_pathway.png"), canvas_only=False)
+    viewer.layers.selection.active = analyse.layers["pathway"]
+    shoot(viewer, "analyse_pathway.png")
+
+    export = ExportWidget(viewer)
+    viewer.window.add_dock_widget(export, name="Export")
+    analyse.show_map("attention")
+    export.heatmap.setCurrentText(analyse.layers["attention"].name)
+    export.set_quantile()
+    (tmp / "regions.geojson").unlink(missing_ok=True)  # --work: never stop at "replace?"
+    export.out.setText(str(tmp / "regions.geojson"))
+    export.export_regions()
+    shoot(viewer, "export_regions.png")
     viewer.close()
 
 
 def clusters_screenshot(cohort, tmp: Path) -> None:
-    """analyse_clusters.png: subspace student's tumour and TME cluster maps side by side (grid
-    view, the slide under each) + the cluster-size legend."""
-    from qtpy.QtWidgets import QApplication
-
+    """analyse_clusters.png: subspace student's tumour and TME cluster maps on the CMU slide side
+    by side (grid view, the slide under each) + the legend with colour swatches."""
     ckpt = train_student(cohort, tmp, "subspace", {"dim": 32, "heads": 2, "n_points": 6,
                                                    "warmup_epochs": 1, "baselines": ()},
                          "classification")
-    path = next(iter(cohort.slides.values()))
-    viewer, analyse = analysed_viewer(path, ckpt, tmp / "features")
+    viewer, analyse = analysed_viewer(CMU, ckpt, tmp)
+    analyse.show_map("clusters:tumor")
     maps = [analyse.layers["clusters:tumor"], analyse.layers["clusters:tme"]]
     keep = {viewer.layers[0], *maps}
     for layer in [lyr for lyr in viewer.layers if lyr not in keep]:
@@ -225,48 +189,46 @@ def clusters_screenshot(cohort, tmp: Path) -> None:
     viewer.layers.move(viewer.layers.index(maps[0]), len(viewer.layers))
     for layer in maps:
         layer.opacity = 0.6
+        layer.visible = True
     viewer.layers.selection.active = maps[0]
     if list(viewer.layers) != [slide, maps[1], copy, maps[0]]:  # grid: tumour left, TME right
         raise RuntimeError(f"unexpected layer order: {[lyr.name for lyr in viewer.layers]}")
     viewer.canvas.grid.stride = 2
     viewer.canvas.grid.enabled = True
     viewer.reset_view()
-    QApplication.instance().processEvents()
-    viewer.window.screenshot(str(HERE / "analyse_clusters.png"), canvas_only=False)
+    shoot(viewer, "analyse_clusters.png")
     viewer.close()
 
 
 def memory_screenshot(cohort, tmp: Path) -> None:
-    """analyse_memory.png: MoMKD student's memory-component activation + its top-3 patches."""
-    from qtpy.QtWidgets import QApplication
-
+    """analyse_memory.png: MoMKD student's memory component C+0 on the TCGA slide, its colour bar
+    and its ranked top patches."""
     ckpt = train_student(cohort, tmp, "momkd", {"n_components": 4, "wsi_dim": 32, "omics_dim": 32,
                                                 "shared_dim": 16, "cls_hidden": 16,
                                                 "compare_memory_updates": False, "baselines": ()},
                          "classification")
-    path = next(iter(cohort.slides.values()))
-    viewer, analyse = analysed_viewer(path, ckpt, tmp / "features")
-    show_only(viewer, analyse.layers["memory"], analyse.layers["top_patches"])
+    viewer, analyse = analysed_viewer(TCGA, ckpt, tmp, mpp=TCGA_MPP)
     analyse.component.setCurrentIndex(0)
     analyse.show_component(0)
     viewer.layers.selection.active = analyse.layers["memory"]
-    QApplication.instance().processEvents()
-    viewer.window.screenshot(str(HERE / "analyse_memory.png"), canvas_only=False)
+    shoot(viewer, "analyse_memory.png")
     viewer.close()
 
 
-METHOD_SHOTS = {"pathway": pathway_screenshot, "clusters": clusters_screenshot,
+METHOD_SHOTS = {"amkd": amkd_screenshots, "clusters": clusters_screenshot,
                 "memory": memory_screenshot}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=["base", *METHOD_SHOTS],
+    parser.add_argument("--only", nargs="+", choices=["train", *METHOD_SHOTS],
                         help="screenshots to make (default: all)")
-    only = set(parser.parse_args(argv).only or ["base", *METHOD_SHOTS])
-    tmp = Path(tempfile.mkdtemp())
-    if "base" in only:
-        base_screenshots(tmp)
+    parser.add_argument("--work", type=Path, help="reuse this folder's cohort, features and models")
+    args = parser.parse_args(argv)
+    only = set(args.only or ["train", *METHOD_SHOTS])
+    tmp = args.work or Path(tempfile.mkdtemp())
+    if "train" in only:
+        train_screenshot(tmp)
     if only & set(METHOD_SHOTS):
         cohort = image_cohort(tmp)
         for name, shot in METHOD_SHOTS.items():
