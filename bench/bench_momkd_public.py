@@ -3,7 +3,13 @@
 Run::
 
     python bench/bench_momkd_public.py --public /path/to/MoMKD[.git] [--cohort separable,default]
-        [--seeds 0,1,2] [--threads 1] [--work /tmp/momkd-public]
+        [--seeds 0,1,2] [--threads 1] [--jobs 2] [--work /tmp/momkd-public]
+    python bench/bench_momkd_public.py swap /tmp/momkd-public [--folds 0] [--cases 40]
+
+``--jobs`` runs that many (implementation, seed) runs at once, each a child process; each
+cohort's tables print as soon as its runs are done. The ``swap`` form reads a finished run's
+folder and prints the swap diagnostic (``histokd_core.train.swap``) of our trained students:
+how much of the memory update and of the alignments follows the expression, how much the slide.
 
 ``--public`` is a checkout or a git directory of the authors' repository (for example the one
 the ``fetch`` tool brings, ``github:CAIR-LAB-WFUSM/MoMKD``). It is copied into a scratch folder
@@ -48,6 +54,10 @@ the sum overstates the physical memory a little). The timing wrappers and the ``
 runner live in this file (``_public-train``, ``_public-test``); they call the authors' functions
 unchanged.
 
+Our runs also train ABMIL on the same folds (``--ours-config '{"baselines": ["abmil"]}'``): the
+speed table then sets our student's seconds per epoch and per slide beside ABMIL's (issue 16,
+point 6). ``"fixed_memory_ablation": false`` leaves out the fixed-memory stage.
+
 Reference rows (same folds): logistic regression on mean-pooled patch features, and an oracle
 logistic regression on the true planted shares of every slide. The table prints each model's
 mean +- sd over seeds x folds and the paired difference to the authors' code with its standard
@@ -70,6 +80,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -414,7 +425,7 @@ def cpu_seconds(children: bool = True) -> float:
 
 def _dump(path: Path, record: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
+    tmp.write_text(json.dumps(record, indent=1, default=float))
     tmp.replace(path)
 
 
@@ -541,6 +552,8 @@ def run_ours(files: CohortFiles, seed: int, threads: int, run_dir: Path, epochs:
         "cpu_s_per_epoch": {k: float(np.mean(v)) for k, v in timing["epoch_cpu_s"].items()},
         "epochs_per_fold": timing["epochs_per_fold"],
         "ms_per_slide_model": 1e3 * float(np.mean(timing["forward_s"])),
+        "abmil_ms_per_slide_model": (1e3 * float(np.mean(timing["abmil_forward_s"]))
+                                     if timing.get("abmil_forward_s") else math.nan),
         "ms_per_slide_end_to_end": 1e3 * float(np.mean(timing["end_to_end_s"])),
         "cpu_ms_per_slide_end_to_end": 1e3 * float(np.mean(timing["end_to_end_cpu_s"])),
         "peak_rss_mib": proc["peak_rss_mib"],
@@ -594,7 +607,16 @@ def _ours(spec_path: Path) -> None:
     # inference per test slide with the trained student, as `histokd predict` does it: read the
     # .h5, build the kNN graph, forward (end to end); and the forward alone with the graph built
     for fold in spec["folds"]:
-        model, _ = load_model(Path(result.run_dir) / f"fold_{fold}" / "student.safetensors")
+        fold_dir = Path(result.run_dir) / f"fold_{fold}"
+        if (fold_dir / "abmil.safetensors").exists():  # the reference of issue 16 point 6
+            abmil, _ = load_model(fold_dir / "abmil.safetensors")
+            for slide in read_split(files, seed, fold)["test"]:
+                bag, _ = slide_bag(files.h5_dir, slide)
+                start = time.perf_counter()
+                with torch.no_grad():
+                    abmil.predict(bag)
+                record.setdefault("abmil_forward_s", []).append(time.perf_counter() - start)
+        model, _ = load_model(fold_dir / "student.safetensors")
         for slide in read_split(files, seed, fold)["test"]:
             start, cpu = time.perf_counter(), cpu_seconds(children=False)
             bag, _ = slide_bag(files.h5_dir, slide)
@@ -684,6 +706,18 @@ def speed_table(theirs: list[dict], ours: list[dict], threads: int) -> list[str]
     o_ep = [e for r in ours for e in r["epochs_per_fold"]["student"]]
     lines.append(f"| epochs trained per fold (mean) | {np.mean(t_ep):.1f} | {np.mean(o_ep):.1f} "
                  "| |")
+    if "abmil" in ours[0]["s_per_epoch"]:  # issue 16 point 6: against ABMIL in the same runs
+        lines.append("\nOurs against ABMIL trained in the same runs (issue 16, point 6):\n")
+        lines += ["| measurement | ours: student | ours: abmil | student / abmil |",
+                  "|---|---|---|---|"]
+        for key, label in (("s_per_epoch", "s per training epoch, wall"),
+                           ("cpu_s_per_epoch", "CPU s per training epoch")):
+            o = mean([r[key]["student"] for r in ours])
+            a = mean([r[key]["abmil"] for r in ours])
+            lines.append(f"| {label} | {o:.2f} | {a:.2f} | {o / a:.2f} |")
+        o = mean([r["ms_per_slide_model"] for r in ours])
+        a = mean([r["abmil_ms_per_slide_model"] for r in ours])
+        lines.append(f"| ms per slide, model forward, wall | {o:.1f} | {a:.1f} | {o / a:.2f} |")
     return lines
 
 
@@ -697,7 +731,8 @@ def duel(public: Path, work: Path, args, name: str, n_cases: int, n_patches: int
         prepare_public(public, src, feat_dim)
     files, _ = write_cohort(work / name / "data", "separable", [0], n_cases, n_patches, feat_dim)
     theirs, ours = [], []
-    config = {"compare_memory_updates": False}
+    config = {"compare_memory_updates": False, "fixed_memory_ablation": False,
+              "baselines": ["abmil"]}
     for r in range(args.duel_repeats):
         theirs.append(run_public(src, files, 0, args.threads, work / name / f"public_r{r}",
                                  n_folds=1, max_epochs=args.duel_epochs))
@@ -719,6 +754,61 @@ def duel(public: Path, work: Path, args, name: str, n_cases: int, n_patches: int
 
 
 # ------------------------------------------------------------------------------------------------
+# what the memory transfers: the swap diagnostic on our trained MoMKD students
+
+
+SWAP_STAGES = ("student", "student_gradient_memory")
+
+
+def swap_report(work: Path, max_cases: int, n_shifts: int, folds: list[int]) -> list[str]:
+    """Swap diagnostic (``histokd_core.train.swap``) of the MoMKD students trained by a finished
+    run in ``work``: for each cohort, memory rule, seed and fold in ``folds``, over the first
+    ``max_cases`` training cases of the fold, the share of each distillation target's change that
+    follows the expression when one modality is swapped between cases. Pairs over all cases (the
+    label travels with the expression, so swapping it can move the other class's memory) and
+    within each class (label held fixed). Returns markdown lines: mean +- sd over seeds x folds."""
+    from histokd_core.cohort import load_cohort
+    from histokd_core.dataset import CohortData
+    from histokd_core.train.checkpoint import load_model
+    from histokd_core.train.swap import model_swap_diagnostic
+
+    summary = json.loads((work / "summary.json").read_text())
+    shares: dict[tuple, list[tuple[float, float, float]]] = {}
+    for name, entry in summary["cohorts"].items():
+        files = CohortFiles(**entry["files"])
+        cohort = load_cohort(files.labels_csv, task="classification", label_column="label")
+        for run_dir in sorted((work / name).glob("ours_s*")):
+            seed = int(run_dir.name.removeprefix("ours_s"))
+            data = CohortData(cohort, files.h5_dir, omics=files.omics_csv,
+                              folds=files.split_dir(seed), task="classification")
+            for fold in folds:
+                bags = data.fold(fold).train[:max_cases]
+                groups = {"all pairs": bags,
+                          **{f"within class {y}": [b for b in bags if int(b.label) == y]
+                             for y in (0, 1)}}
+                for stage in SWAP_STAGES:
+                    ckpt = run_dir / "run" / f"fold_{fold}" / f"{stage}.safetensors"
+                    if not ckpt.exists():
+                        continue
+                    model, _ = load_model(ckpt)
+                    for pairing, group in groups.items():
+                        result = model_swap_diagnostic(model, group, n_shifts=n_shifts, seed=seed)
+                        for target, share in result.items():
+                            key = (name, model.memory_mode, target, pairing)
+                            shares.setdefault(key, []).append(
+                                (share.expression, share.expression_vs_total,
+                                 share.slide_vs_total))
+    lines = ["| cohort | memory | target | pairs | expression share e/(e+s) | e/t | s/t | runs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, mode, target, pairing), values in shares.items():
+        v = np.array(values)
+        cells = [f"{np.nanmean(v[:, i]):.3f} +- {np.nanstd(v[:, i]):.3f}" for i in range(3)]
+        lines.append(f"| {name} | {mode} | {target} | {pairing} | " + " | ".join(cells)
+                     + f" | {len(v)} |")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -729,6 +819,20 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_ours":
         _ours(Path(sys.argv[2]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "swap":
+        swap = argparse.ArgumentParser(description="swap diagnostic of a finished run's students")
+        swap.add_argument("work", type=Path, help="the --work folder of a finished run")
+        swap.add_argument("--cases", type=int, default=40, help="training cases per fold")
+        swap.add_argument("--shifts", type=int, default=3, help="partners per case")
+        swap.add_argument("--folds", default="0", help="comma-separated folds")
+        swap.add_argument("--threads", type=int, default=1)
+        a = swap.parse_args(sys.argv[2:])
+        import torch
+
+        torch.set_num_threads(a.threads)
+        folds = [int(f) for f in a.folds.split(",")]
+        print("\n".join(swap_report(a.work, a.cases, a.shifts, folds)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--public", type=Path, required=True,
@@ -744,6 +848,11 @@ def main() -> None:
     parser.add_argument("--feat-dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each implementation (OMP/MKL_NUM_THREADS)")
+    parser.add_argument("--public-max-epochs", type=int, default=None,
+                        help="theirs: maximum epochs (default: run.sh's 100; early stopping with "
+                        "patience 1 usually ends a fold after 3-5)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(implementation, seed) runs at once (each a child process)")
     parser.add_argument("--epochs", type=int, default=20, help="ours: maximum epochs")
     parser.add_argument("--patience", type=int, default=10, help="ours: early-stopping patience")
     parser.add_argument("--ours-config", default="{}",
@@ -774,17 +883,33 @@ def main() -> None:
     print(f"# machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     summary: dict = {"public_commit": commit, "args": {k: str(v) for k, v in vars(args).items()},
                      "cohorts": {}}
+    written = {name: write_cohort(work / name / "data", name, seeds, args.cases, args.patches,
+                                  args.feat_dim) for name in cohorts}
+    ours_config = json.loads(args.ours_config)
+    jobs = [(name, impl, seed) for name in cohorts for seed in seeds for impl in ("theirs", "ours")]
+
+    def run_job(job: tuple[str, str, int]) -> dict:
+        name, impl, seed = job
+        files = written[name][0]
+        start = time.perf_counter()
+        if impl == "theirs":
+            out = run_public(src, files, seed, args.threads, work / name / f"public_s{seed}",
+                             max_epochs=args.public_max_epochs)
+        else:
+            out = run_ours(files, seed, args.threads, work / name / f"ours_s{seed}", args.epochs,
+                           args.patience, ours_config)
+        print(f"# {name} seed {seed} {impl}: {time.perf_counter() - start:.0f} s, load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        return out
+
+    # child processes do the work: threads only wait for them (at most --jobs at once); each
+    # cohort's tables are printed as soon as its runs are done
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    futures = {job: pool.submit(run_job, job) for job in jobs}
     for name in cohorts:
-        files, truth = write_cohort(work / name / "data", name, seeds, args.cases, args.patches,
-                                    args.feat_dim)
-        theirs, ours = [], []
-        for seed in seeds:
-            start = time.perf_counter()
-            theirs.append(run_public(src, files, seed, args.threads,
-                                     work / name / f"public_s{seed}"))
-            ours.append(run_ours(files, seed, args.threads, work / name / f"ours_s{seed}",
-                                 args.epochs, args.patience, json.loads(args.ours_config)))
-            print(f"# {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+        files, truth = written[name]
+        theirs = [futures[(name, "theirs", seed)].result() for seed in seeds]
+        ours = [futures[(name, "ours", seed)].result() for seed in seeds]
         rows: dict[str, dict] = {"authors' code": {}}
         for r in theirs:
             rows["authors' code"].update(r["folds"])
@@ -811,6 +936,8 @@ def main() -> None:
                   f"folds {np.mean([v['auc'] for v in r['folds'].values()]):.4f}.")
         summary["cohorts"][name] = {"files": asdict(files), "theirs": theirs, "ours": ours,
                                     "rows": rows}
+        _dump(work / "summary.json", summary)
+    pool.shutdown()
     duels = [d for d in args.duel.split(",") if d]
     if set(duels) - {"small", "large"}:
         raise SystemExit(f"--duel: expected small and/or large, got {args.duel!r}")
@@ -819,7 +946,7 @@ def main() -> None:
         size = ((args.duel_cases, args.patches, args.feat_dim) if d == "small" else
                 (args.duel_cases, args.duel_patches, args.duel_feat_dim))
         summary["speed"][d] = duel(args.public, work, args, f"speed_{d}", *size)
-    (work / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        _dump(work / "summary.json", summary)
     print(f"\nsummary: {work / 'summary.json'}")
 
 

@@ -91,6 +91,8 @@ def test_registry_and_stages():
     names = [s.name for s in stages(Config(memory_update="gradient", baselines=()))]
     assert names == ["student", "student_fixed_memory", "student_ema_memory"]
     assert [s.name for s in stages(Config(fixed_memory=True, baselines=()))] == ["student"]
+    names = [s.name for s in stages(Config(fixed_memory_ablation=False, baselines=("abmil",)))]
+    assert names == ["student", "student_gradient_memory", "abmil"]
     by_name = {s.name: s for s in stages(Config(**SMALL))}
     assert by_name["student"].build(INFO, {}).memory_mode == "ema"
     assert by_name["student_fixed_memory"].build(INFO, {}).memory_mode == "fixed"

@@ -29,6 +29,7 @@ from histokd_core.nn.graph import knn_graph
 from histokd_core.train import TrainConfig, load_model, run_cv
 from histokd_core.train.callbacks import Callback
 from histokd_core.train.metrics import classification_metrics
+from histokd_core.workflows.inference import read_slide_bag
 
 FEAT = 24  # neither UNI (1024) nor UNI2 (1536)
 GENES = 6
@@ -237,3 +238,55 @@ def test_training_runs_in_one_process(cohort_dir, tmp_path):
     run_cv("momkd", TINY, data, tmp_path / "run", TrainConfig(epochs=1, device="cpu"),
            folds=[0], callbacks=[Children()])
     assert seen and not set().union(*seen)  # no new process at any step
+
+
+def test_rerun_never_overwrites_earlier_results(trained, cohort_dir, capsys):
+    """Obstacle: result folders are overwritten when a run is repeated."""
+    out = trained["out"]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert main(train_argv(cohort_dir, out)) != 0  # same run again, without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(train_argv(cohort_dir, out, "--seed", "1")) != 0  # another run, same folder
+    assert "refusing to overwrite" in capsys.readouterr().err
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_early_stopping_patience_is_read(cohort_dir, tmp_path):
+    """Obstacle: ``--early_stopping`` is parsed but never read. Here ``--patience`` stops a stage
+    once validation AUC has not improved for that many epochs."""
+    out = tmp_path / "run"
+    argv = train_argv(cohort_dir, out)
+    argv[argv.index("--epochs") + 1] = "40"
+    assert main([*argv, "--patience", "1"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    lengths = []
+    for fold in history.values():
+        epochs = fold["student"]
+        lengths.append(len(epochs))
+        if len(epochs) < 40:  # stopped: the last epoch did not beat the best before it
+            aucs = [e["val_auc"] for e in epochs]
+            assert not aucs[-1] > max(aucs[:-1])
+    assert min(lengths) < 40
+
+
+def test_features_of_another_width_are_named(trained, cohort_dir, tmp_path):
+    """Obstacle: dimensions hard-coded in the model code (1536) fail deep inside a matrix product.
+    Features of another width stop with both widths: in training (the folder and the widths) and at
+    prediction (the slide's file and the checkpoint's width)."""
+    h5 = tmp_path / "h5"
+    h5.mkdir()
+    for p in (cohort_dir / "h5").iterdir():
+        (h5 / p.name).write_bytes(p.read_bytes())
+    with h5py.File(h5 / "P1.h5", "r+") as f:
+        feats = f["features"][:]
+        del f["features"]
+        f["features"] = np.concatenate([feats, feats[:, :4]], axis=1)
+    cohort = load_cohort(cohort_dir / "labels.csv", "classification", "status")
+    with pytest.raises(DataError, match=rf"different feature dimensions \[{FEAT}, {FEAT + 4}\]"):
+        data = CohortData(cohort, h5, omics=cohort_dir / "omics.csv", task="classification",
+                          n_folds=4)
+        data.fold(0)
+    _, meta = load_model(trained["out"] / "fold_0" / "student.safetensors")
+    with pytest.raises(DataError, match=rf"d = {FEAT + 4}.*d = {FEAT}"):
+        read_slide_bag(h5, "P1", meta)  # what `histokd predict` and the napari dock read through

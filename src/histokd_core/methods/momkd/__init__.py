@@ -52,6 +52,8 @@ class Config:
     init_samples : patch projections sampled for the k-means initialisation (about 10 000, half
         per class); kmeans_iters : spherical k-means iterations (20).
     compare_memory_updates : also train the other memory update rule as a reported stage.
+    fixed_memory_ablation : also train the fixed-memory ablation (``student_fixed_memory``) as a
+        reported stage.
     baselines : WSI-only baselines ("abmil", "transmil") and the omics-only reference
         ("omics_only") trained on the same folds.
     """
@@ -84,6 +86,7 @@ class Config:
     init_samples: int = 10_000
     kmeans_iters: int = 20
     compare_memory_updates: bool = True
+    fixed_memory_ablation: bool = True
     baselines: tuple[str, ...] = ("abmil", "transmil", "omics_only")
 
     def __post_init__(self) -> None:
@@ -128,14 +131,18 @@ def _build_omics_only(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
 
 def stages(config: Config) -> list[Stage]:
     """Models trained per fold: ``student`` (MoMKD, WSI-only predict), its memory ablations
-    (``student_fixed_memory``; ``student_gradient_memory`` or ``student_ema_memory``) and the
+    (``student_fixed_memory`` unless ``fixed_memory_ablation`` is off; ``student_gradient_memory``
+    or ``student_ema_memory``) and the
     baselines named in ``config.baselines``. No stage depends on another (MoMKD is trained jointly),
     so every builder works with ``trained={}``."""
     out = [Stage("student", lambda info, trained: MoMKDModel(info, config))]
     if not config.fixed_memory:
-        out.append(
-            Stage("student_fixed_memory", lambda info, trained: MoMKDModel(info, config, "fixed"))
-        )
+        if config.fixed_memory_ablation:
+            out.append(
+                Stage(
+                    "student_fixed_memory", lambda info, trained: MoMKDModel(info, config, "fixed")
+                )
+            )
         if config.compare_memory_updates:
             other = "gradient" if config.memory_update == "ema" else "ema"
             out.append(
