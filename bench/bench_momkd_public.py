@@ -316,9 +316,16 @@ def run_monitored(cmd: list[str], cwd: Path, env: dict, log_path: Path) -> dict:
             peak = max(peak, total)
             most = max(most, len(members))
             time.sleep(0.1)
-    return {"returncode": proc.returncode, "wall_s": time.perf_counter() - start,
-            "peak_rss_mib": peak / 2**20, "peak_rss_main_mib": peak_main / 2**20,
-            "max_processes": most, "log": str(log_path)}
+    result = {"returncode": proc.returncode, "wall_s": time.perf_counter() - start,
+              "peak_rss_mib": peak / 2**20, "peak_rss_main_mib": peak_main / 2**20,
+              "max_processes": most, "log": str(log_path)}
+    _dump(proc_path(log_path), result)  # so `report` can rebuild the tables of a cut run
+    return result
+
+
+def proc_path(log_path: Path) -> Path:
+    """Where :func:`run_monitored` keeps its result for the run logged at ``log_path``."""
+    return log_path.with_name(log_path.name + ".proc.json")
 
 
 def child_env(threads: int) -> dict:
@@ -337,11 +344,7 @@ def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: 
                n_folds: int = 5, max_epochs: int | None = None) -> dict:
     """Train and test the public code on folds ``0 .. n_folds - 1`` of ``seed`` (``run.sh``
     settings; ``max_epochs`` overrides its 100 for timing runs); returns per-fold metrics, epoch
-    and inference timings and the peak RSS of each phase."""
-    import pandas as pd
-
-    from histokd_core.train.metrics import classification_metrics
-
+    and inference timings and the peak RSS of each phase (:func:`collect_public`)."""
     run_dir.mkdir(parents=True)
     (run_dir / "log").mkdir()  # main.py's Logger needs ./log to exist
     (run_dir / "splits").symlink_to(files.split_root)  # ./splits/5foldcv/<split_dir>/
@@ -360,7 +363,6 @@ def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: 
                  "--split_dir_name", split_name, *common]
     env = child_env(threads)
     me = str(Path(__file__).resolve())
-    out: dict = {}
     for phase, args in (("train", train_args), ("test", test_args)):
         timing = run_dir / f"timing_{phase}.json"
         cmd = [sys.executable, me, f"_public-{phase}", str(src), str(timing), "--", *args]
@@ -368,7 +370,20 @@ def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: 
         if proc["returncode"] != 0:
             raise SystemExit(f"public code {phase} failed (exit {proc['returncode']}); see "
                              f"{proc['log']}")
-        out[phase] = {**proc, **json.loads(timing.read_text())}
+    return collect_public(files, seed, run_dir, n_folds)
+
+
+def collect_public(files: CohortFiles, seed: int, run_dir: Path, n_folds: int = 5) -> dict:
+    """Metrics, timings and memory of a finished :func:`run_public` in ``run_dir``, from its files
+    (test predictions, timing and process records)."""
+    import pandas as pd
+
+    from histokd_core.train.metrics import classification_metrics
+
+    results = run_dir / "results"
+    out = {phase: {**json.loads(proc_path(run_dir / f"{phase}.log").read_text()),
+                   **json.loads((run_dir / f"timing_{phase}.json").read_text())}
+           for phase in ("train", "test")}
     exp_dirs = sorted((results / "5foldcv").glob(f"*/*_s{seed}"))
     if len(exp_dirs) != 1:
         raise SystemExit(f"public code: expected one result folder for seed {seed}, "
@@ -409,6 +424,14 @@ def run_public(src: Path, files: CohortFiles, seed: int, threads: int, run_dir: 
         "max_processes": max(train["max_processes"], test["max_processes"]),
         "wall_s": train["wall_s"] + test["wall_s"],
     }
+
+
+def _our_commit() -> str:
+    """This repository's commit (``+dirty`` with uncommitted changes), or ``"unknown"``."""
+    here = Path(__file__).resolve().parent
+    head = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty=+dirty"],
+                          capture_output=True, text=True, check=False)
+    return head.stdout.strip() if head.returncode == 0 else "unknown"
 
 
 def cpu_seconds(children: bool = True) -> float:
@@ -540,6 +563,12 @@ def run_ours(files: CohortFiles, seed: int, threads: int, run_dir: Path, epochs:
     proc = run_monitored(cmd, run_dir, child_env(threads), run_dir / "ours.log")
     if proc["returncode"] != 0:
         raise SystemExit(f"histokd MoMKD failed (exit {proc['returncode']}); see {proc['log']}")
+    return collect_ours(seed, run_dir)
+
+
+def collect_ours(seed: int, run_dir: Path) -> dict:
+    """Metrics, timings and memory of a finished :func:`run_ours` in ``run_dir``, from its files."""
+    proc = json.loads(proc_path(run_dir / "ours.log").read_text())
     timing = json.loads((run_dir / "timing.json").read_text())
     metrics = json.loads((run_dir / "run" / "metrics.json").read_text())
     models: dict[str, dict] = {}
@@ -754,6 +783,73 @@ def duel(public: Path, work: Path, args, name: str, n_cases: int, n_patches: int
     return {"theirs": theirs, "ours": ours, "files": asdict(files)}
 
 
+def cohort_report(name: str, files: CohortFiles, truth: dict, seeds: list[int],
+                  theirs: list[dict], ours: list[dict], patches: int, threads: int) -> dict:
+    """Print the quality, per-fold and speed tables of one cohort; returns the per-model rows."""
+    rows: dict[str, dict] = {"authors' code": {}}
+    for r in theirs:
+        rows["authors' code"].update(r["folds"])
+    for r in ours:
+        for model, per_fold in r["models"].items():
+            rows.setdefault(f"ours: {model}", {}).update(per_fold)
+    rows.update(reference_rows(files, truth, seeds))
+    dropped = sum(len(v) for r in theirs for v in r["dropped_test_slides"].values())
+    print(f"\n## cohort '{name}' ({files.n_cases} cases, 1 slide each, ~{patches} "
+          f"patches, d = {files.feat_dim}, {files.n_genes} genes, knobs {COHORTS[name]}), "
+          f"seeds {seeds} x 5 folds; test slides the authors' code dropped: {dropped}\n")
+    print("\n".join(summarize(rows, "authors' code")))
+    print("\nPer fold (AUC / acc / macro-F1):\n")
+    print("\n".join(per_fold_table(rows)))
+    print("\nSpeed and memory (mean over seeds):\n")
+    print("\n".join(speed_table(theirs, ours, threads)))
+    tuned = [v["acc_tuned_threshold"] - v["acc"] for r in theirs for v in r["folds"].values()]
+    thresholds = [v["tuned_threshold"] for r in theirs for v in r["folds"].values()]
+    print(f"\nAuthors' test.py, threshold tuned for F1 on the validation split: thresholds "
+          f"{min(thresholds):.3f}-{max(thresholds):.3f}, test accuracy minus arg-max "
+          f"accuracy {np.mean(tuned):+.3f} +- {np.std(tuned):.3f} (sd over folds).")
+    for r, seed in zip(theirs, seeds):
+        print(f"Seed {seed}: main.py prints '{r['printed_by_main_py']}'; test AUC of the same "
+              f"folds {np.mean([v['auc'] for v in r['folds'].values()]):.4f}.")
+    return rows
+
+
+def report(work: Path) -> None:
+    """Print the tables of every cohort of the run in ``work`` from the seeds for which both
+    implementations finished (a run cut short keeps its finished seeds); the cohort's planted
+    truth for the reference rows is generated again (deterministic) and checked against the
+    written labels and features."""
+    import h5py
+    import pandas as pd
+
+    run = json.loads((work / "run.json").read_text())
+    args = run["args"]
+    print(f"# report of {work} (started {run['started']}, this project at {run['commit']}, "
+          f"{PUBLIC_REPO} @ {run['public_commit'][:7]}); load average now "
+          f"{os.getloadavg()[0]:.1f}")
+    for name in args["cohort"].split(","):
+        files = CohortFiles(**run["cohorts"][name])
+        seeds = [s for s in (int(x) for x in args["seeds"].split(","))
+                 if (work / name / f"public_s{s}" / "test.log.proc.json").exists()
+                 and (work / name / f"ours_s{s}" / "ours.log.proc.json").exists()]
+        if not seeds:
+            print(f"\n## cohort '{name}': no seed finished by both implementations")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            _, truth = write_cohort(Path(tmp) / "again", name, [], int(args["cases"]),
+                                    int(args["patches"]), int(args["feat_dim"]))
+        labels = pd.read_csv(files.labels_csv)
+        with h5py.File(Path(files.h5_dir) / f"{labels['slide_id'].iloc[-1]}.h5", "r") as h5:
+            last = h5["features"][:].mean(0)
+        if not (np.array_equal(labels["label"].to_numpy(), truth["labels"])
+                and np.allclose(last, truth["meanpool"][-1], atol=1e-5)):
+            raise SystemExit(f"{files.root}: the written cohort differs from the regenerated one "
+                             "(another version of the synthetic cohort?)")
+        theirs = [collect_public(files, s, work / name / f"public_s{s}") for s in seeds]
+        ours = [collect_ours(s, work / name / f"ours_s{s}") for s in seeds]
+        cohort_report(name, files, truth, seeds, theirs, ours, int(args["patches"]),
+                      int(args["threads"]))
+
+
 # ------------------------------------------------------------------------------------------------
 # what the memory transfers: the swap diagnostic on our trained MoMKD students
 
@@ -821,6 +917,12 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_ours":
         _ours(Path(sys.argv[2]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        rep = argparse.ArgumentParser(description="tables of the finished seeds of a run")
+        rep.add_argument("work", type=Path, help="the --work folder of a (possibly cut) run")
+        a = rep.parse_args(sys.argv[2:])
+        report(a.work)
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "swap":
         swap = argparse.ArgumentParser(description="swap diagnostic of a finished run's students")
         swap.add_argument("work", type=Path, help="the --work folder of a finished run")
@@ -886,6 +988,10 @@ def main() -> None:
                      "cohorts": {}}
     written = {name: write_cohort(work / name / "data", name, seeds, args.cases, args.patches,
                                   args.feat_dim) for name in cohorts}
+    _dump(work / "run.json", {
+        "args": summary["args"], "public_commit": commit, "started": time.strftime(
+            "%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _our_commit(),
+        "cohorts": {name: asdict(f) for name, (f, _) in written.items()}})
     ours_config = json.loads(args.ours_config)
     jobs = [(name, impl, seed) for name in cohorts for seed in seeds for impl in ("theirs", "ours")]
 
@@ -911,30 +1017,7 @@ def main() -> None:
         files, truth = written[name]
         theirs = [futures[(name, "theirs", seed)].result() for seed in seeds]
         ours = [futures[(name, "ours", seed)].result() for seed in seeds]
-        rows: dict[str, dict] = {"authors' code": {}}
-        for r in theirs:
-            rows["authors' code"].update(r["folds"])
-        for r in ours:
-            for model, per_fold in r["models"].items():
-                rows.setdefault(f"ours: {model}", {}).update(per_fold)
-        rows.update(reference_rows(files, truth, seeds))
-        dropped = sum(len(v) for r in theirs for v in r["dropped_test_slides"].values())
-        print(f"\n## cohort '{name}' ({files.n_cases} cases, 1 slide each, ~{args.patches} "
-              f"patches, d = {files.feat_dim}, {files.n_genes} genes, knobs {COHORTS[name]}), "
-              f"seeds {seeds} x 5 folds; test slides the authors' code dropped: {dropped}\n")
-        print("\n".join(summarize(rows, "authors' code")))
-        print("\nPer fold (AUC / acc / macro-F1):\n")
-        print("\n".join(per_fold_table(rows)))
-        print("\nSpeed and memory (mean over seeds):\n")
-        print("\n".join(speed_table(theirs, ours, args.threads)))
-        tuned = [v["acc_tuned_threshold"] - v["acc"] for r in theirs for v in r["folds"].values()]
-        thresholds = [v["tuned_threshold"] for r in theirs for v in r["folds"].values()]
-        print(f"\nAuthors' test.py, threshold tuned for F1 on the validation split: thresholds "
-              f"{min(thresholds):.3f}-{max(thresholds):.3f}, test accuracy minus arg-max "
-              f"accuracy {np.mean(tuned):+.3f} +- {np.std(tuned):.3f} (sd over folds).")
-        for r, seed in zip(theirs, seeds):
-            print(f"Seed {seed}: main.py prints '{r['printed_by_main_py']}'; test AUC of the same "
-                  f"folds {np.mean([v['auc'] for v in r['folds'].values()]):.4f}.")
+        rows = cohort_report(name, files, truth, seeds, theirs, ours, args.patches, args.threads)
         summary["cohorts"][name] = {"files": asdict(files), "theirs": theirs, "ours": ours,
                                     "rows": rows}
         _dump(work / "summary.json", summary)
