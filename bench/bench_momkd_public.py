@@ -8,7 +8,8 @@ Run::
 
 ``--jobs`` runs that many (implementation, seed) runs at once, each a child process; each
 cohort's tables print as soon as its runs are done. The ``swap`` form reads a finished run's
-folder and prints the swap diagnostic (``histokd_core.train.swap``) of our trained students:
+folder and prints the swap diagnostic (``methods.momkd.diagnostics.memory_swap_shares``) of our
+trained students:
 how much of the memory update and of the alignments follows the expression, how much the slide.
 
 ``--public`` is a checkout or a git directory of the authors' repository (for example the one
@@ -858,21 +859,21 @@ SWAP_STAGES = ("student", "student_gradient_memory")
 
 
 def swap_report(work: Path, max_cases: int, n_shifts: int, folds: list[int]) -> list[str]:
-    """Swap diagnostic (``histokd_core.train.swap``) of the MoMKD students trained by a finished
-    run in ``work``: for each cohort, memory rule, seed and fold in ``folds``, over the first
+    """Swap diagnostic (``methods.momkd.diagnostics.memory_swap_shares``) of the MoMKD students
+    trained by a (possibly cut) run in ``work``: for each cohort, memory rule, seed and fold in ``folds``, over the first
     ``max_cases`` training cases of the fold, the share of each distillation target's change that
     follows the expression when one modality is swapped between cases. Pairs over all cases (the
     label travels with the expression, so swapping it can move the other class's memory) and
     within each class (label held fixed). Returns markdown lines: mean +- sd over seeds x folds."""
     from histokd_core.cohort import load_cohort
     from histokd_core.dataset import CohortData
+    from histokd_core.methods.momkd.diagnostics import memory_swap_shares
     from histokd_core.train.checkpoint import load_model
-    from histokd_core.train.swap import model_swap_diagnostic
 
-    summary = json.loads((work / "summary.json").read_text())
+    run = json.loads((work / "run.json").read_text())
     shares: dict[tuple, list[tuple[float, float, float]]] = {}
-    for name, entry in summary["cohorts"].items():
-        files = CohortFiles(**entry["files"])
+    for name, written in run["cohorts"].items():
+        files = CohortFiles(**written)
         cohort = load_cohort(files.labels_csv, task="classification", label_column="label")
         for run_dir in sorted((work / name).glob("ours_s*")):
             seed = int(run_dir.name.removeprefix("ours_s"))
@@ -880,21 +881,19 @@ def swap_report(work: Path, max_cases: int, n_shifts: int, folds: list[int]) -> 
                               folds=files.split_dir(seed), task="classification")
             for fold in folds:
                 bags = data.fold(fold).train[:max_cases]
-                groups = {"all pairs": bags,
-                          **{f"within class {y}": [b for b in bags if int(b.label) == y]
-                             for y in (0, 1)}}
                 for stage in SWAP_STAGES:
                     ckpt = run_dir / "run" / f"fold_{fold}" / f"{stage}.safetensors"
                     if not ckpt.exists():
                         continue
                     model, _ = load_model(ckpt)
-                    for pairing, group in groups.items():
-                        result = model_swap_diagnostic(model, group, n_shifts=n_shifts, seed=seed)
+                    for pairing, within in (("all pairs", False), ("within class", True)):
+                        result = memory_swap_shares(model, bags, n_shifts=n_shifts, seed=seed,
+                                                    within_class=within)
                         for target, share in result.items():
                             key = (name, model.memory_mode, target, pairing)
                             shares.setdefault(key, []).append(
-                                (share.expression, share.expression_vs_total,
-                                 share.slide_vs_total))
+                                (share["expression"], share["expression_vs_total"],
+                                 share["slide_vs_total"]))
     lines = ["| cohort | memory | target | pairs | expression share e/(e+s) | e/t | s/t | runs |",
              "|---|---|---|---|---|---|---|---|"]
     for (name, mode, target, pairing), values in shares.items():
