@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from histokd_core.methods.amkd.losses import arr_loss, arr_weight, ge_loss, kd_loss, total_loss
+from histokd_core.methods.amkd.losses import (
+    arr_follow_term,
+    arr_gates,
+    arr_label_term,
+    arr_loss,
+    arr_weight,
+    ge_loss,
+    kd_loss,
+    total_loss,
+)
 
 # KL(Bern/Cat(0.75, 0.25) || (0.5, 0.5)) = 0.75 ln 1.5 + 0.25 ln 0.5
 KL_75_50 = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
@@ -28,18 +37,46 @@ def test_kd_loss_hand_value():
     assert float(kd_loss(r_t, r_t, 2.0)) == pytest.approx(0.0, abs=1e-7)
 
 
-def test_arr_weight_and_loss_hand_values():
-    zero = torch.tensor(0.0)
-    # equal Cox losses -> gates 0.5 / (0.5 + 0.5 + eps)
-    assert float(arr_weight(zero, zero)) == pytest.approx(0.5 / (1 + 1e-6), abs=1e-7)
-    # student worse (sigmoid(ln 3) = 0.75 vs 0.5): teacher weighted 0.75 / 1.25 = 0.6
-    assert float(arr_weight(torch.tensor(math.log(3.0)), zero)) == pytest.approx(0.6, abs=1e-6)
-    # student beats the teacher: weight below one half
-    assert float(arr_weight(zero, torch.tensor(math.log(3.0)))) == pytest.approx(0.4, abs=1e-6)
-    r_s = torch.tensor([3.0, 1.0])  # centred (1, -1)
+def test_arr_gates_hand_values():
+    eps = 1e-6
+    # g_kd = sigmoid(-log(L_KD + eps)) = 1 / (1 + L_KD + eps): L_KD = 1 -> 1/2, L_KD = 3 -> 1/4
+    g_kd, g_cox = arr_gates(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(2.0))
+    assert float(g_kd) == pytest.approx(1 / (2 + eps), abs=1e-7)
+    assert float(g_cox) == pytest.approx(0.5, abs=1e-7)  # equal Cox losses
+    g_kd, _ = arr_gates(torch.tensor(3.0), torch.tensor(1.0), torch.tensor(1.0))
+    assert float(g_kd) == pytest.approx(0.25, abs=1e-6)
+    # reliance grows as L_KD shrinks
+    assert float(arr_gates(torch.tensor(0.01), *[torch.tensor(1.0)] * 2)[0]) > 0.99
+    # g_cox = L_s / (L_s + L_t): student worse (3 vs 1) -> 3/4; student better (1 vs 3) -> 1/4
+    assert float(arr_gates(torch.tensor(0.0), torch.tensor(3.0), torch.tensor(1.0))[1]) == (
+        pytest.approx(0.75, abs=1e-6)
+    )
+    assert float(arr_gates(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(3.0))[1]) == (
+        pytest.approx(0.25, abs=1e-6)
+    )
+    # w = g_kd * g_cox: L_KD = 1, L_s = 3, L_t = 1 -> 1/2 * 3/4
+    w = arr_weight(torch.tensor(1.0), torch.tensor(3.0), torch.tensor(1.0))
+    assert float(w) == pytest.approx(0.375, abs=1e-6)
+
+
+def test_arr_terms_hand_values_and_gradients():
+    r_s = torch.tensor([3.0, 1.0], requires_grad=True)  # centred (1, -1)
     r_t = torch.tensor([5.0, 5.0])  # centred (0, 0)
-    loss = arr_loss(r_s, r_t, torch.tensor(math.log(3.0)), zero)
-    assert float(loss) == pytest.approx(0.6 * 1.0, abs=1e-6)
+    w = torch.tensor(0.375)
+    assert float(arr_follow_term(r_s, r_t, w)) == pytest.approx(0.375 * 1.0)
+    l_s = torch.tensor(math.e, requires_grad=True)
+    term2 = arr_label_term(l_s, w)
+    assert float(term2) == pytest.approx(0.625 * math.log(math.e + 1e-6), abs=1e-6)
+    term2.backward()
+    assert float(l_s.grad) == pytest.approx(0.625 / (math.e + 1e-6), rel=1e-5)
+    # the whole L_ARR: L_KD = 1, L_s = 3, L_t = 1 -> w = 3/8
+    loss, w = arr_loss(r_s, r_t, torch.tensor(1.0), torch.tensor(3.0), torch.tensor(1.0))
+    assert float(w) == pytest.approx(0.375, abs=1e-6)
+    assert float(loss) == pytest.approx(0.375 * 1.0 + 0.625 * math.log(3.0 + 1e-6), abs=1e-5)
+    # the gates carry no gradient: only the risk distance and log(L_s) do
+    l_kd = torch.tensor(1.0, requires_grad=True)
+    arr_loss(r_s, r_t, l_kd, torch.tensor(3.0), torch.tensor(1.0))[0].backward()
+    assert l_kd.grad is None
 
 
 def test_total_loss_alpha():

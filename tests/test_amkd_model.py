@@ -1,5 +1,6 @@
 """AMKD teacher and student: contracts, parameter count, distillation loss wiring, learning."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -83,28 +84,46 @@ def test_student_rebuilt_without_teacher_refuses_to_distil(one_thread):
         fresh.loss([bag, bag])
 
 
-def test_distillation_loss_components_add_up(one_thread):
+@pytest.mark.parametrize("ge_target", ["patch", "pathway"])
+def test_distillation_loss_components_add_up(one_thread, ge_target):
     info = small_info()
-    st = stages(SMALL)
+    st = stages(dataclasses.replace(SMALL, ge_target=ge_target))
     teacher = st[0].build(info, {}).requires_grad_(False).eval()
     student = st[1].build(info, {"teacher": teacher}).eval()
     bags = planted_bags(6, 2)
     out = student.loss(bags)
     r_s, e_s, r_t, e_t = [], [], [], []
     for b in bags:
-        r, e, _ = student.forward_bag(b.feats)
-        rt, g2p, _ = teacher.forward_bag(b.feats, b.omics)
-        r_s.append(r), e_s.append(e), r_t.append(rt), e_t.append(g2p)
+        r, e_path, h, e_ge = student.forward_bag(b.feats)
+        rt, g2p, p2g = teacher.forward_bag(b.feats, b.omics)
+        if ge_target == "patch":  # the student's projected patch tokens vs the teacher's p2g
+            assert e_ge.shape == p2g.shape == (b.feats.shape[0], SMALL.dim)
+            torch.testing.assert_close(e_ge, student.patch_proj(h))
+            e_s.append(e_ge), e_t.append(p2g)
+        else:
+            e_s.append(e_path), e_t.append(g2p)
+        r_s.append(r), r_t.append(rt)
     r_s, r_t = torch.stack(r_s), torch.stack(r_t)
     l_s, l_t = batch_cox(r_s, bags), batch_cox(r_t, bags)
-    expected = total_loss(
-        ge_loss(torch.stack(e_s), torch.stack(e_t)), kd_loss(r_s, r_t, 2.0), l_s,
-        arr_loss(r_s, r_t, l_s, l_t), 0.75,
-    )
+    l_kd = kd_loss(r_s, r_t, 2.0)
+    l_ge = torch.stack([ge_loss(s, t) for s, t in zip(e_s, e_t)]).mean()
+    l_arr, w = arr_loss(r_s, r_t, l_kd, l_s, l_t)
+    expected = total_loss(l_ge, l_kd, l_s, l_arr, 0.75)
     torch.testing.assert_close(out["loss"], expected)
+    torch.testing.assert_close(out["arr_weight"], w)
     assert out["loss"].requires_grad
     no_kd = st[2].build(info, {}).eval()
     assert set(no_kd.loss(bags)) == {"loss", "cox"}
+
+
+def test_teacher_distillation_targets_shapes(one_thread):
+    info = small_info()
+    teacher = stages(SMALL)[0].build(info, {}).eval()
+    bag = planted_bags(1, 4)[0]
+    t = teacher.distillation_targets(bag)
+    assert t["ge_patch"].shape == (40, SMALL.dim) and t["ge_pathway"].shape == (8, SMALL.dim)
+    assert t["kd"].shape == () and 0 < float(t["kd"]) < 1
+    torch.testing.assert_close(t["ge_patch"].exp().sum(-1), torch.ones(40))
 
 
 def _fit(model, bags, epochs, lr=3e-3, batch=16, seed=0):

@@ -255,3 +255,38 @@ def test_fit_in_worker_thread_cancelled_from_another_thread():
     cancel.set()
     worker.join(60)
     assert not worker.is_alive() and len(caught) == 1
+
+
+def test_task_loss_hand_values():
+    from histokd_core.train.evaluation import Outputs, task_loss
+
+    # classification: -mean(log p(label)) over known labels: -(ln 0.8 + ln 0.25) / 2
+    out = Outputs(
+        ["a", "b", "c"], np.zeros(3), np.zeros(3, np.int64), np.array([0, 1, -1]),
+        probs=np.array([[0.8, 0.2], [0.75, 0.25], [0.5, 0.5]]),
+    )
+    assert task_loss(out, "classification") == pytest.approx(-(math.log(0.8) + math.log(0.25)) / 2)
+    # Cox: times 1, 2, 3, all events, risks (0, 0, 0): -[ln(1/3) + ln(1/2) + ln 1] / 3
+    out = Outputs(["a", "b", "c"], np.array([1.0, 2, 3]), np.ones(3, np.int64),
+                  np.full(3, -1), risk=np.zeros(3))
+    assert task_loss(out, "survival") == pytest.approx(math.log(6) / 3)
+    out.event[:] = 0
+    assert math.isnan(task_loss(out, "survival"))
+    # discrete hazards: one bin, logit 0 -> hazard 1/2; an event in bin 0: -ln(1/2)
+    out = Outputs(["a"], np.array([1.0]), np.ones(1, np.int64), np.full(1, -1),
+                  risk=np.zeros(1), extra={"logits": np.zeros((1, 1)), "bin": np.zeros(1, np.int64)})
+    assert task_loss(out, "survival") == pytest.approx(math.log(2))
+
+
+def test_model_selection_follows_the_validation_loss_or_metric():
+    train, val = make_bags(48, 21), make_bags(24, 22)
+    with pytest.raises(ConfigError, match="monitor"):
+        TrainConfig(monitor="auc")
+    for monitor, key in (("loss", "val_loss"), ("metric", "val_c_index")):
+        torch.manual_seed(0)
+        result = Trainer().fit(abmil.build(info_for()), train, val, fast_config(monitor=monitor))
+        assert result.monitor == key
+        values = [h[key] for h in result.history]
+        best = min(values) if monitor == "loss" else max(values)
+        assert result.history[result.best_epoch - 1][key] == best
+        assert all("val_loss" in h and "val_c_index" in h for h in result.history)

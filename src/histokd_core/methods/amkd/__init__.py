@@ -30,7 +30,15 @@ class Config:
     dropout : dropout / alpha-dropout rate (0.25).
     alpha : weight of ``L_GE + L_KD + L_surv`` against ``L_ARR`` (0.75).
     kd_temperature : ``T`` of ``sigmoid(risk/T)`` in ``L_KD`` (2.0); ge_temperature : softmax
-        temperature of ``L_GE`` (1.0); arr_eps : ``L_ARR`` gate epsilon (1e-6).
+        temperature of ``L_GE`` (1.0); arr_eps : ``L_ARR`` epsilon of its logs (1e-6).
+    ge_target : the teacher tensor ``L_GE`` distils: ``"patch"`` (default), its per-patch
+        genomics-informed features ``p2g (n, d)`` mimicked by the student's projected patch tokens;
+        ``"pathway"``, its gene->path tokens ``g2p (P, d)`` mimicked by the student's pathway-query
+        tokens (the paper's two statements and why: :mod:`.losses`).
+    teacher_targets : ``"in_sample"`` (default: the fold's teacher gives every training case's
+        distillation targets) or ``"cross_fit"`` (each training case's targets come from one of
+        ``inner_folds`` teachers trained without it; stage ``teacher_cf``).
+    inner_folds : ``K`` of the cross-fit (4).
     max_train_patches : random patches per bag while training (SurvPath's 4096; None = all).
     chunk_size : query chunk of the memory-bounded attention (512: at 50 000 patches one
         chunk's scores take ``heads * 512 * 50 000 * 4`` bytes = 410 MB).
@@ -51,6 +59,9 @@ class Config:
     kd_temperature: float = 2.0
     ge_temperature: float = 1.0
     arr_eps: float = 1e-6
+    ge_target: str = "patch"
+    teacher_targets: str = "in_sample"
+    inner_folds: int = 4
     max_train_patches: int | None = 4096
     chunk_size: int = 512
     patch_attention: str = "full"
@@ -68,6 +79,13 @@ class Config:
             )
         if self.kd_temperature <= 0 or self.ge_temperature <= 0:
             raise ConfigError("amkd temperatures must be > 0")
+        if self.ge_target not in ("patch", "pathway"):
+            raise ConfigError(f"amkd ge_target must be 'patch' or 'pathway', got {self.ge_target!r}")
+        if self.teacher_targets not in ("in_sample", "cross_fit") or self.inner_folds < 2:
+            raise ConfigError(
+                "amkd teacher_targets must be 'in_sample' or 'cross_fit' and inner_folds >= 2, "
+                f"got {self.teacher_targets!r} / {self.inner_folds}"
+            )
         if self.max_train_patches is not None and self.max_train_patches < 1:
             raise ConfigError(
                 f"amkd max_train_patches must be >= 1 or None, got {self.max_train_patches}"

@@ -80,6 +80,21 @@ class AMKDTeacher(BagModel):
         risk = self.head(torch.cat([g2p.mean(0), p2g.mean(0)]))[0]
         return risk, g2p, p2g
 
+    def distillation_targets(self, bag: Bag) -> dict[str, torch.Tensor]:
+        """What the student is trained to match, for the swap diagnostic
+        (:mod:`histokd_core.train.swap`), on all of the bag's patches: ``"ge_patch"``
+        ``log_softmax(p2g / tau)`` ``(n, d)`` and ``"ge_pathway"`` ``log_softmax(g2p / tau)``
+        ``(P, d)`` (the ``L_GE`` targets of ``ge_target`` "patch" / "pathway", as the KL reads
+        them), ``"kd"`` ``sigmoid(risk / T)`` (the ``L_KD`` target, 0-d)."""
+        c = self.config
+        with torch.no_grad():
+            risk, g2p, p2g = self.forward_bag(bag.feats, self._omics(bag))
+        return {
+            "ge_patch": torch.log_softmax(p2g / c.ge_temperature, -1),
+            "ge_pathway": torch.log_softmax(g2p / c.ge_temperature, -1),
+            "kd": torch.sigmoid(risk / c.kd_temperature),
+        }
+
     def _omics(self, bag: Bag) -> torch.Tensor:
         if bag.omics is None:
             raise DataError(f"case {bag.case_id}: the AMKD teacher needs omics (bag.omics is None)")
