@@ -256,3 +256,22 @@ def test_evaluate_external_cohort(run_dir, cohort_dir, tmp_path, capsys):
     assert len(m["folds"]) == 3 and "c_index" in m["folds"][0]["test"]["abmil"]
     assert (out / "km.png").is_file()
     assert "abmil" in capsys.readouterr().out
+
+
+def test_train_swap_diagnostic_and_monitor_flags(cohort_dir, tmp_path):
+    cfg = tmp_path / "amkd.yaml"
+    cfg.write_text("dim: 16\nheads: 2\ndim_head: 8\npathway_hidden: 16\n")
+    out = tmp_path / "amkd_run"
+    rc = main([
+        "train", "--method", "amkd", "--cohort", str(cohort_dir / "cohort.csv"),
+        "--features", str(cohort_dir / "features"), "--omics", str(cohort_dir / "omics.csv"),
+        "--gene-sets", str(cohort_dir / "gene_sets.gmt"), "--out", str(out), "--folds", "3",
+        "--only-folds", "0", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+        "--threads", "1", "--method-config", str(cfg), "--monitor", "metric", "--swap-diagnostic",
+    ])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["folds"][0]["swap"]["teacher"]) == {"ge_patch", "ge_pathway", "kd"}
+    assert 0 <= m["swap"]["teacher"]["ge_patch"]["expression_mean"] <= 1
+    meta = json.loads((out / "fold_0" / "student.json").read_text())
+    assert meta["monitor"] == "val_c_index"

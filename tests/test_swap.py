@@ -15,7 +15,7 @@ from histokd_core.train.swap import (
 
 
 def bags_from(xs, os_, n_patch=4):
-    """Case ``i``: every patch feature equal to ``xs[i]`` (``(n_patch, 2)``), omics ``(os_[i], 0)``."""
+    """Case ``i``: every patch feature ``xs[i]`` (``(n_patch, 2)``), omics ``(os_[i], 0)``."""
     out = []
     for i, (x, o) in enumerate(zip(xs, os_)):
         feats = torch.full((n_patch, 2), float(x))

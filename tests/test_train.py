@@ -274,7 +274,8 @@ def test_task_loss_hand_values():
     assert math.isnan(task_loss(out, "survival"))
     # discrete hazards: one bin, logit 0 -> hazard 1/2; an event in bin 0: -ln(1/2)
     out = Outputs(["a"], np.array([1.0]), np.ones(1, np.int64), np.full(1, -1),
-                  risk=np.zeros(1), extra={"logits": np.zeros((1, 1)), "bin": np.zeros(1, np.int64)})
+                  risk=np.zeros(1),
+                  extra={"logits": np.zeros((1, 1)), "bin": np.zeros(1, np.int64)})
     assert task_loss(out, "survival") == pytest.approx(math.log(2))
 
 

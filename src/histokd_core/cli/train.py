@@ -18,8 +18,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train",
         help="cross-validate a method (teacher, students, baselines) on a cohort",
         description=(
-            "Train every stage of a method on every fold (train/val/test 64/16/20, early stopping on "
-            "the validation C-index or AUC) and write RUN_DIR/config.yaml, fold_<i>/<stage>.safetensors, "
+            "Train every stage of a method on every fold (train/val/test 64/16/20, early stopping "
+            "and model selection on the validation task loss, or --monitor metric) and write "
+            "RUN_DIR/config.yaml, fold_<i>/<stage>.safetensors, "
             "metrics.json, history.json and km.png. An interrupted run continues with --resume."
         ),
     )
@@ -89,6 +90,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--min-test-events", type=int, default=None,
         help="survival: fewest events (deaths) each fold's test split must hold (default 3)",
     )
+    p.add_argument(
+        "--monitor",
+        choices=("loss", "metric"),
+        default="loss",
+        help="model selection: validation task loss (Cox NLL / discrete NLL / cross-entropy; "
+        "default) or validation C-index / AUC",
+    )
+    p.add_argument(
+        "--swap-diagnostic",
+        action="store_true",
+        help="write each teacher's swap diagnostic (share of each distillation target's "
+        "between-case variance that follows the expression vs the slide) into metrics.json",
+    )
     return p
 
 
@@ -145,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         method_config=load_method_config(args.method_config),
         resume=args.resume,
         min_test_events=args.min_test_events,
+        monitor=args.monitor,
+        swap_diagnostic=args.swap_diagnostic,
         callbacks=[LoggingCallback()],
     )
     print(summary_table(result.metrics), file=sys.stdout)

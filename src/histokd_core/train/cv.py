@@ -5,6 +5,7 @@ Run directory layout::
     RUN_DIR/config.yaml                 method, method config, train config, folds, task
     RUN_DIR/fold_<i>/<stage>.safetensors  trained weights (+ <stage>.json metadata)
     RUN_DIR/fold_<i>/<stage>.state.safetensors  resumable state while a stage trains
+    RUN_DIR/fold_<i>/<stage>_inner<k>.safetensors  inner teacher k of a cross-fit stage
     RUN_DIR/fold_<i>/predictions.csv    test predictions of every reported stage
     RUN_DIR/metrics.json                test metrics per fold and their summary
     RUN_DIR/history.json                per-epoch training/validation history
@@ -14,6 +15,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ from histokd_core.errors import ConfigError, HistoKDError, RunDirError
 from histokd_core.io import atomic_write_text, to_jsonable
 from histokd_core.methods import registry
 from histokd_core.methods.base import BagModel
+from histokd_core.methods.crossfit import CrossFitTeachers, inner_folds
 from histokd_core.train.callbacks import Callback, Progress
 from histokd_core.train.checkpoint import (
     load_model_state,
@@ -40,6 +43,7 @@ from histokd_core.train.checkpoint import (
     save_checkpoint,
 )
 from histokd_core.train.evaluation import Outputs, predict_bags, score
+from histokd_core.train.swap import model_swap_diagnostic, summarize_swaps
 from histokd_core.train.plots import plot_history
 from histokd_core.train.results import pick_km_model, pooled_km, summarize, write_predictions
 from histokd_core.train.trainer import TrainConfig, Trainer, seed_everything
@@ -136,6 +140,7 @@ def run_cv(
     *,
     cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
     resume: bool = False,
+    swap_diagnostic: bool = False,
 ) -> RunResult:
     """Cross-validate a method: for each fold, train its stages in order and test the reported ones.
 
@@ -151,6 +156,11 @@ def run_cv(
     folds : fold indices to run (default all).
     callbacks, cancel : as :meth:`Trainer.fit`; cancelling keeps finished stages and the last
         epoch state, so ``resume=True`` continues where it stopped.
+    swap_diagnostic : run :func:`~histokd_core.train.swap.model_swap_diagnostic` on the test cases
+        for every trained stage with ``distillation_targets`` (the teachers) and write it into
+        ``metrics.json`` (``folds[i]["swap"][stage][target]`` and ``"swap"`` means over folds).
+        A cross-fit stage (:class:`~histokd_core.methods.crossfit.CrossFitTeachers`) trains its
+        inner teachers here, each without one inner fold of the training cases.
 
     Returns
     -------
@@ -197,7 +207,12 @@ def run_cv(
             meta = _stage_meta(method_name, config, stage.name, fold, fd.info, train_config)
             final = fold_dir / f"{stage.name}.safetensors"
             state = fold_dir / f"{stage.name}.state.safetensors"
-            if final.exists():
+            if isinstance(model, CrossFitTeachers):
+                history[f"fold_{fold}"][stage.name] = _fit_inner_teachers(
+                    trainer, model, fd, fold, fold_dir, stage.name, meta, train_config, callbacks,
+                    token, device, task,
+                )
+            elif final.exists():
                 tensors, done = read_checkpoint(final)
                 load_model_state(model, tensors, str(final))
                 model.to(device)
@@ -254,7 +269,16 @@ def run_cv(
             km_name = pick_km_model(list(outputs), {n: trained[n].needs_omics for n in outputs})
             if km_name is not None:
                 km_outputs.append(outputs[km_name])
-        fold_entries.append({"fold": fold, "test": test})
+        entry = {"fold": fold, "test": test}
+        if swap_diagnostic:
+            entry["swap"] = {
+                name: {
+                    k: dataclasses.asdict(v) for k, v in model_swap_diagnostic(m, fd.test).items()
+                }
+                for name, m in trained.items()
+                if hasattr(m, "distillation_targets")
+            }
+        fold_entries.append(entry)
         for cb in callbacks:
             cb.on_fold_end(fold, test)
 
@@ -265,6 +289,8 @@ def run_cv(
         "summary": summarize(task, fold_entries),
         "data_warnings": list(getattr(data, "warnings", [])),
     }
+    if swap_diagnostic:
+        metrics["swap"] = summarize_swaps([f["swap"] for f in fold_entries])
     metrics = to_jsonable(metrics)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     history = to_jsonable(history)
@@ -274,3 +300,60 @@ def run_cv(
         p = pooled_km(km_outputs, out_dir / "km.png", f"{method_name} {km_name}: pooled test folds")
         log.info("KM plot written (%s, log-rank p = %.3g)", km_name, p)
     return RunResult(out_dir, metrics)
+
+
+def _fit_inner_teachers(
+    trainer: Trainer,
+    model: CrossFitTeachers,
+    fd,
+    fold: int,
+    fold_dir: Path,
+    name: str,
+    meta: dict,
+    train_config: TrainConfig,
+    callbacks: Sequence[Callback],
+    token: CancelToken,
+    device,
+    task: str,
+) -> list[dict]:
+    """Train (or load) the inner teachers of a cross-fit stage: inner teacher ``k`` on the
+    fold's training cases outside inner fold ``k`` (:func:`~histokd_core.methods.crossfit.
+    inner_folds`, seeded by the train seed and fold), validated on the fold's validation cases;
+    each saved as ``<name>_inner<k>.safetensors`` (resumable). Sets ``model.held_out``; returns
+    the inner histories (one list, ``inner`` added to each epoch)."""
+    held_out = inner_folds(fd.train, model.k, train_config.seed + 1000 * fold, task)
+    model.held_out = held_out
+    history: list[dict] = []
+    for k, teacher in enumerate(model.teachers):
+        final = fold_dir / f"{name}_inner{k}.safetensors"
+        state = fold_dir / f"{name}_inner{k}.state.safetensors"
+        inner_meta = {**meta, "inner_fold": k, "inner_cases": sorted(
+            c for c, f in held_out.items() if f == k
+        )}
+        if final.exists():
+            tensors, done = read_checkpoint(final)
+            if sorted(done.get("inner_cases", [])) != inner_meta["inner_cases"]:
+                raise RunDirError(
+                    f"{final}: written for other inner-fold cases; remove it to retrain"
+                )
+            load_model_state(teacher, tensors, str(final))
+            teacher.to(device)
+            hist = done.get("history", [])
+        else:
+            train = [b for b in fd.train if held_out[b.case_id] != k]
+            progress = Progress(stage=f"{name}[{k}]", epoch=0, n_epochs=train_config.epochs,
+                                fold=fold)
+            result = trainer.fit(
+                teacher, train, fd.val, train_config, callbacks, cancel=token,
+                state_path=state, state_meta=inner_meta, progress=progress,
+            )
+            hist = result.history
+            save_checkpoint(final, model_state(teacher), {
+                **inner_meta, "kind": "model", "epoch": result.best_epoch,
+                "best_score": result.best_score, "monitor": result.monitor, "history": hist,
+            })
+            state.unlink(missing_ok=True)
+            state.with_suffix(".json").unlink(missing_ok=True)
+        teacher.eval().requires_grad_(False)
+        history.extend({**h, "inner": float(k)} for h in hist)
+    return history

@@ -171,17 +171,45 @@ def swap_shares(
 def model_swap_diagnostic(
     model, bags: Sequence[Bag], *, n_shifts: int = 3, seed: int = 0, max_patches: int = 512
 ) -> dict[str, SwapShare]:
-    """:func:`swap_shares` of ``model.distillation_targets`` (a trained teacher, in eval mode).
+    """:func:`swap_shares` of ``model.distillation_targets`` (a trained teacher, set to eval mode).
 
-    Every bag is cut to ``min(max_patches, fewest patches of any bag)`` patches so per-patch
-    targets line up. Raises when the model has no ``distillation_targets``.
+    When a target's shape differs between cases (per-patch targets), every bag is first cut to
+    ``min(max_patches, fewest patches of any bag)`` patches so they line up; per-case targets are
+    computed on all patches. Raises when the model has no ``distillation_targets``.
     """
     fn = getattr(model, "distillation_targets", None)
     if fn is None:
         raise HistoKDError(f"{type(model).__name__} has no distillation_targets(bag)")
-    n = min(int(b.feats.shape[0]) for b in bags)
     model.eval()
-    return swap_shares(fn, bags, n_shifts=n_shifts, seed=seed, n_patches=min(n, max_patches))
+    with torch.no_grad():
+        shapes = [{k: tuple(v.shape) for k, v in fn(b).items()} for b in bags]
+    n_patches = None
+    if any(s != shapes[0] for s in shapes[1:]):
+        n_patches = min(max_patches, min(int(b.feats.shape[0]) for b in bags))
+    return swap_shares(fn, bags, n_shifts=n_shifts, seed=seed, n_patches=n_patches)
+
+
+def summarize_swaps(per_fold: Sequence[Mapping[str, Mapping[str, Mapping[str, float]]]]) -> dict:
+    """Mean and (population) std over folds of ``expression``, ``expression_vs_total`` and
+    ``slide_vs_total``: ``{stage: {target: {"expression_mean": ..., ...}}}`` from the per-fold
+    ``{stage: {target: asdict(SwapShare)}}``."""
+    out: dict = {}
+    keys = ("expression", "expression_vs_total", "slide_vs_total")
+    for fold in per_fold:
+        for stage, targets in fold.items():
+            for target, share in targets.items():
+                cell = out.setdefault(stage, {}).setdefault(target, {k: [] for k in keys})
+                for k in keys:
+                    cell[k].append(float(share[k]))
+    for targets in out.values():
+        for target, cell in targets.items():
+            summary = {}
+            for k in keys:
+                v = torch.tensor(cell[k], dtype=torch.float64)
+                summary[f"{k}_mean"] = float(v.mean())
+                summary[f"{k}_std"] = float(v.std(unbiased=False))
+            targets[target] = summary
+    return out
 
 
 def _as_float(targets: Mapping[str, torch.Tensor], case_id: str) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The trainer every method uses: mini-batches of bags, gradient accumulation, Adam, early stopping
 and model selection on the validation task loss (Cox NLL / discrete-time NLL / cross-entropy; by
-default) or the validation C-index / AUC, callbacks, cancellation, resumable atomic checkpoints. Library code: reports through callbacks and ``logging`` only.
+default) or the validation C-index / AUC, callbacks, cancellation, resumable atomic checkpoints.
+Library code: reports through callbacks and ``logging`` only.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ def train_cohort(
     method_config: dict[str, Any] | None = None,
     resume: bool = False,
     min_test_events: int | None = None,
+    monitor: str = "loss",
+    swap_diagnostic: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
     callbacks: Sequence[Callback] = (),
@@ -79,6 +81,10 @@ def train_cohort(
         :data:`~histokd_core.cohort.MIN_TEST_EVENTS`); folds with fewer, a cohort without events,
         or (classification) a fold missing a class are refused before anything trains
         (:func:`~histokd_core.cohort.check_evaluable`).
+    monitor : model selection on the validation task loss (``"loss"``) or C-index / AUC
+        (``"metric"``), see :class:`~histokd_core.train.trainer.TrainConfig`.
+    swap_diagnostic : write the teachers' swap diagnostic into ``metrics.json``
+        (:func:`~histokd_core.train.swap.model_swap_diagnostic`).
     progress : receives :class:`~histokd_core.progress.ProgressEvent` s (steps at most every
         0.1 s, every epoch, stage and fold), from the calling thread.
     cancel : stops at the next step with :class:`~histokd_core.errors.Cancelled`, keeping the
@@ -96,7 +102,7 @@ def train_cohort(
     task = check_task(method, task)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                          weight_decay=weight_decay, patience=patience, seed=seed, device=device,
-                         num_threads=threads)
+                         num_threads=threads, monitor=monitor)
     token = CancelToken.of(cancel)
     sets = None if gene_sets is None else read_gene_sets(gene_sets)
     lists = {}
@@ -126,4 +132,5 @@ def train_cohort(
         callbacks.append(ProgressCallback(progress))
     return run_cv(method, method_config, data, out, config,
                   folds=None if only_folds is None else list(only_folds),
-                  callbacks=callbacks, cancel=token, resume=resume)
+                  callbacks=callbacks, cancel=token, resume=resume,
+                  swap_diagnostic=swap_diagnostic)

@@ -4,7 +4,10 @@ relative and supplies the pathway tokenisation and the pathway/patch attention p
 
 Stages per fold: ``teacher`` (slides + omics), ``student`` (slides only, distilled from the
 frozen teacher), ``student_no_kd`` (same student, Cox loss only), ``abmil`` and ``omics_only``
-baselines. See :mod:`.teacher`, :mod:`.student` and :mod:`.losses` for the formulas.
+baselines. With ``teacher_targets = "cross_fit"`` a stage ``teacher_cf`` (not reported) trains
+``inner_folds`` inner teachers and the student distils, case by case, from the one that did not
+train on the case (:mod:`histokd_core.methods.crossfit`). See :mod:`.teacher`, :mod:`.student`
+and :mod:`.losses` for the formulas.
 """
 
 from __future__ import annotations
@@ -80,7 +83,9 @@ class Config:
         if self.kd_temperature <= 0 or self.ge_temperature <= 0:
             raise ConfigError("amkd temperatures must be > 0")
         if self.ge_target not in ("patch", "pathway"):
-            raise ConfigError(f"amkd ge_target must be 'patch' or 'pathway', got {self.ge_target!r}")
+            raise ConfigError(
+                f"amkd ge_target must be 'patch' or 'pathway', got {self.ge_target!r}"
+            )
         if self.teacher_targets not in ("in_sample", "cross_fit") or self.inner_folds < 2:
             raise ConfigError(
                 "amkd teacher_targets must be 'in_sample' or 'cross_fit' and inner_folds >= 2, "
@@ -100,17 +105,26 @@ class Config:
 
 
 def stages(config: Config) -> list[Stage]:
-    """``teacher``, ``student`` (requires teacher), ``student_no_kd``, ``abmil``, ``omics_only``."""
+    """``teacher``, [``teacher_cf``,] ``student`` (requires its teacher), ``student_no_kd``,
+    ``abmil``, ``omics_only``."""
 
     def build_teacher(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.amkd.teacher import AMKDTeacher
 
         return AMKDTeacher(info, config)
 
+    source = "teacher_cf" if config.teacher_targets == "cross_fit" else "teacher"
+
+    def build_teacher_cf(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
+        from histokd_core.methods.amkd.teacher import AMKDTeacher
+        from histokd_core.methods.crossfit import CrossFitTeachers
+
+        return CrossFitTeachers([AMKDTeacher(info, config) for _ in range(config.inner_folds)])
+
     def build_student(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.amkd.student import AMKDStudent
 
-        return AMKDStudent(info, config, teacher=trained.get("teacher"), distill=True)
+        return AMKDStudent(info, config, teacher=trained.get(source), distill=True)
 
     def build_student_no_kd(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.amkd.student import AMKDStudent
@@ -127,9 +141,13 @@ def stages(config: Config) -> list[Stage]:
 
         return snn.build(info)
 
+    cross_fit = (
+        [Stage("teacher_cf", build_teacher_cf, report=False)] if source == "teacher_cf" else []
+    )
     return [
         Stage("teacher", build_teacher),
-        Stage("student", build_student, requires=("teacher",)),
+        *cross_fit,
+        Stage("student", build_student, requires=(source,)),
         Stage("student_no_kd", build_student_no_kd),
         Stage("abmil", build_abmil),
         Stage("omics_only", build_omics_only),

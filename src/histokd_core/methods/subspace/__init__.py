@@ -1,6 +1,7 @@
 """Disentangled tumour / TME subspace distillation (DML; DESIGN.md "Subspace").
 
-Stages per fold: ``teacher`` (slides + tumour / TME genes, CGC + IGC), ``student`` (slides only,
+Stages per fold: ``teacher`` (slides + tumour / TME genes, CGC + IGC), [``teacher_cf``, the
+cross-fitted inner teachers with ``teacher_targets = "cross_fit"``,] ``student`` (slides only,
 task warm-up then SKD from the frozen teacher), ``student_no_kd`` (task loss only) and the
 baselines ``abmil`` and ``omics_only``.
 
@@ -46,6 +47,9 @@ class Config:
         first and initialises the distillation from it).
     w_mse, w_kd : SKD weights (0.01, 0.01); temperature : KL temperature (2).
     baselines : "abmil", "omics_only" trained on the same folds.
+    teacher_targets : ``"in_sample"`` (default) or ``"cross_fit"``: each training case's SKD
+        targets from one of ``inner_folds`` (4) teachers that did not train on it (stage
+        ``teacher_cf``, :mod:`histokd_core.methods.crossfit`).
     """
 
     dim: int = 128
@@ -68,6 +72,8 @@ class Config:
     w_kd: float = 0.01
     temperature: float = 2.0
     baselines: tuple[str, ...] = ("abmil", "omics_only")
+    teacher_targets: str = "in_sample"
+    inner_folds: int = 4
 
     def __post_init__(self) -> None:
         if self.cgc not in ("clean", "public", "off"):
@@ -78,6 +84,11 @@ class Config:
             )
         if self.n_prototypes < 1 or self.knn_k < 1 or self.n_points < 1:
             raise ConfigError("subspace n_prototypes, knn_k and n_points must be >= 1")
+        if self.teacher_targets not in ("in_sample", "cross_fit") or self.inner_folds < 2:
+            raise ConfigError(
+                "subspace teacher_targets must be 'in_sample' or 'cross_fit' and inner_folds >= 2, "
+                f"got {self.teacher_targets!r} / {self.inner_folds}"
+            )
         self.baselines = tuple(self.baselines)
         unknown = set(self.baselines) - {"abmil", "omics_only"}
         if unknown:
@@ -92,8 +103,15 @@ def stages(config: Config) -> list[Stage]:
     def build_teacher(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         return SubspaceTeacher(info, config)
 
+    source = "teacher_cf" if config.teacher_targets == "cross_fit" else "teacher"
+
+    def build_teacher_cf(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
+        from histokd_core.methods.crossfit import CrossFitTeachers
+
+        return CrossFitTeachers([SubspaceTeacher(info, config) for _ in range(config.inner_folds)])
+
     def build_student(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
-        return SubspaceStudent(info, config, trained.get("teacher"), distill=True)
+        return SubspaceStudent(info, config, trained.get(source), distill=True)
 
     def build_no_kd(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         return SubspaceStudent(info, config, None, distill=False)
@@ -110,7 +128,8 @@ def stages(config: Config) -> list[Stage]:
 
     out = [
         Stage("teacher", build_teacher),
-        Stage("student", build_student, requires=("teacher",)),
+        *([Stage("teacher_cf", build_teacher_cf, report=False)] if source == "teacher_cf" else []),
+        Stage("student", build_student, requires=(source,)),
         Stage("student_no_kd", build_no_kd),
     ]
     builders = {"abmil": build_abmil, "omics_only": build_omics}

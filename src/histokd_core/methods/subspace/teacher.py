@@ -204,6 +204,19 @@ class SubspaceTeacher(BagModel):
             for m in self.branches
         }
 
+    def distillation_targets(self, bag: Bag) -> dict[str, torch.Tensor]:
+        """The SKD targets of one case, for the swap diagnostic (:mod:`histokd_core.train.swap`):
+        per magnification ``m``, ``"feature_<m>"`` ``(2 dim,)`` (the MSE target) and
+        ``"logits_<m>"`` ``log_softmax(logits / T)`` ``(K,)`` (the KL target as the KL reads it)."""
+        with torch.no_grad():
+            out = self.forward_bag(bag)
+        t = self.cfg.temperature
+        targets = {}
+        for m, o in out.items():
+            targets[f"feature_{m}"] = o.feature
+            targets[f"logits_{m}"] = torch.log_softmax(o.logits / t, -1)
+        return targets
+
     def loss(self, bags: Sequence[Bag]) -> dict[str, torch.Tensor]:
         out = self.outputs(bags)
         task = sum(task_loss(o["logits"], bags, self.task) for o in out.values())
