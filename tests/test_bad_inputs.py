@@ -283,3 +283,118 @@ def test_checkpoint_of_another_task_in_a_run_folder(run_dir, cohort_dir, tmp_pat
     assert rc == 2
     _assert_one_clean_error(capsys.readouterr().err, "zz_stray.safetensors",
                             "classification checkpoint", "survival run")
+
+
+# -- extract: interrupted or killed ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def big_slide(tmp_path_factory):
+    """A 4096 px tiled JPEG TIFF of one tissue disc: thousands of 64 px patches, written fast."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:4096, 0:4096]
+    disc = (yy - 2048) ** 2 + (xx - 2048) ** 2 < 1900 ** 2
+    image = np.full((4096, 4096, 3), 240, np.uint8)
+    image[disc] = (rng.integers(-25, 25, (int(disc.sum()), 3)) + [170, 80, 150]).astype(np.uint8)
+    path = tmp_path_factory.mktemp("big") / "big.tif"
+    tifffile.imwrite(path, image, tile=(512, 512), compression="jpeg", photometric="rgb",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    return path
+
+
+def _start_extract(slide, out):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "histokd_core.cli", "extract", str(slide), "--out", str(out),
+           "--encoder", "hed-texture", "--workers", "1", "--loader-workers", "2",
+           "--patch-px", "64", "--magnifications", "20x"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, env=dict(os.environ))
+
+
+def _wait_for_loaders(proc, timeout: float = 240.0) -> list:
+    """Descendants of ``proc`` once the fork server and two tile loaders run."""
+    import time
+
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        kids = parent.children(recursive=True)
+        forked = [k for k in kids if k.ppid() != proc.pid and k.ppid() in {c.pid for c in kids}]
+        if len(forked) >= 3:  # fork server + 2 loaders below the dask worker
+            time.sleep(1.0)
+            return parent.children(recursive=True)
+        time.sleep(0.2)
+    raise AssertionError("the extraction never started its tile loaders")
+
+
+def _survivors(kids, wait: float = 20.0) -> list:
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + wait
+    while True:
+        alive = []
+        for k in kids:
+            try:
+                if k.is_running() and k.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(k)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.25)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_extract_interrupted_or_killed_leaves_no_process_and_a_valid_store(big_slide, tmp_path,
+                                                                          how):
+    import os
+    import signal
+
+    from histokd_core.features import available_slide_ids, open_features
+
+    out = tmp_path / "features"
+    proc = _start_extract(big_slide, out)
+    try:
+        kids = _wait_for_loaders(proc)
+        if how == "SIGINT":  # Ctrl-C in a terminal reaches the whole foreground group
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.kill()
+        _, err = proc.communicate(timeout=120)  # returns once no child holds its pipes
+        left = _survivors(kids)
+        assert not left, [(k.pid, k.cmdline()[-2:]) for k in left]
+    finally:
+        for k in psutil_children_or_empty(proc.pid):
+            k.kill()
+        if proc.poll() is None:
+            proc.kill()
+    err = err.decode()
+    if how == "SIGINT":
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "Error" not in err, err
+        lines = [line for line in err.splitlines() if line.strip() and "extract:" not in line[:8]]
+        assert lines == [lines[0]] and "interrupted" in lines[0], err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    for slide_id in available_slide_ids(out) if out.exists() else []:
+        sf = open_features(out, slide_id)  # whatever is there is readable
+        for mag in sf.magnifications:
+            assert np.isfinite(sf.feats(mag)).all()
+
+
+def psutil_children_or_empty(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []

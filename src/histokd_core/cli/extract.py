@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def expand_slides(items: list[Path]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import distributed  # noqa: F401 - configures its loggers on import; quieten them after
 
+    from histokd_core.features import lifeline
     from histokd_core.features.cohort_extract import extract_cohort
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -108,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"[{done}/{total}] {slide_id} {'ok' if ok else 'FAILED'}", file=sys.stderr)
 
+    owner = os.environ.get(lifeline.ENV)
+    os.environ[lifeline.ENV] = str(os.getpid())  # helper processes end when this one does
     try:
         report = extract_cohort(
             slides,
@@ -128,9 +132,20 @@ def run(args: argparse.Namespace) -> int:
             stain=args.stain,
             stain_reference=args.stain_reference,
         )
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        print(f"histokd extract: interrupted; finished slides are kept in {args.out} (run the "
+              "same command again to continue)", file=sys.stderr)
+        return 130
     finally:
         if bar is not None:
             bar.close()
+        if owner is None:
+            os.environ.pop(lifeline.ENV, None)
+        else:
+            os.environ[lifeline.ENV] = owner
     print(report.summary())
     print(f"features in {args.out}")
     return 0 if report.ok else 1

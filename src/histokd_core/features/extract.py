@@ -14,6 +14,7 @@ same encoder, preprocessing and grid starts after them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -27,6 +28,7 @@ import numpy as np
 
 from histokd_core.cancel import CancelToken
 from histokd_core.errors import DataError
+from histokd_core.features import lifeline
 from histokd_core.features.base import PatchEncoder
 from histokd_core.features.encoders import get_encoder
 from histokd_core.features.slide_features import mag_to_mpp, slide_id_of
@@ -192,11 +194,12 @@ def loader_context():
 
     Plain ``fork`` is unsafe here: zarr and dask keep background threads whose locks a forked
     child would inherit held (a deadlock). The fork server imports torch and this module once,
-    so later loader processes start in milliseconds.
+    so later loader processes start in milliseconds. The fork server and every loader process
+    run a :mod:`~histokd_core.features.lifeline`, so none outlives a killed extraction.
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", __name__])
+        ctx.set_forkserver_preload(["torch", __name__, lifeline.__name__])
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -240,6 +243,7 @@ def encode_tiles(
         num_workers=workers,
         multiprocessing_context=loader_context() if workers else None,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=functools.partial(lifeline.loader_worker_init, os.getpid()) if workers else None,
         pin_memory=encoder.device.startswith("cuda") and torch.cuda.is_available(),
     )
     done = 0
