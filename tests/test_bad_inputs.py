@@ -398,3 +398,119 @@ def psutil_children_or_empty(pid: int) -> list:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+# -- extract: implausible decoded tiles ------------------------------------------------------
+
+def _tissue_image(size: int = 1024, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = (yy - size // 2) ** 2 + (xx - size // 2) ** 2 < (0.45 * size) ** 2
+    image = np.full((size, size, 3), 238, np.uint8)
+    image[disc] = (rng.integers(-20, 20, (int(disc.sum()), 3)) + [175, 85, 155]).astype(np.uint8)
+    return image
+
+
+def _write_tiff(path, image, compression: str) -> None:
+    import tifffile
+
+    tifffile.imwrite(path, image, tile=(256, 256), compression=compression, photometric="rgb",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+
+
+def _corrupt_j2k_tiles(path, tiles) -> None:
+    """Overwrite the second half of the codestream of some TIFF tiles with random bytes (as a
+    bad copy does): OpenJPEG decodes them into wrong pixels with only a warning."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        spans = [(page.dataoffsets[t], page.databytecounts[t]) for t in tiles]
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(1)
+    for offset, count in spans:
+        data[offset + count // 2 : offset + count] = rng.integers(0, 256, count - count // 2,
+                                                                  dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def j2k_slide(tmp_path_factory):
+    path = tmp_path_factory.mktemp("j2k") / "broken.tif"
+    _write_tiff(path, _tissue_image(), "jpeg2000")
+    _corrupt_j2k_tiles(path, [5, 10])  # tiles (1, 1) and (2, 2) of a 4 x 4 grid, in the tissue
+    return path
+
+
+def _extract_args(slide, out, *extra):
+    return ["extract", str(slide), "--out", str(out), "--encoder", "hed-texture",
+            "--workers", "1", "--loader-workers", "0", "--patch-px", "128",
+            "--magnifications", "20x", *extra]
+
+
+def test_corrupted_jpeg2000_tiles_fail_the_slide_by_default(j2k_slide, tmp_path, capsys):
+    rc = main(_extract_args(j2k_slide, tmp_path / "f"))
+    out = capsys.readouterr().out
+    assert rc == 1 and "0 slide(s) extracted" in out and "1 failed" in out
+    failed = [line for line in out.splitlines() if "FAILED" in line][0]
+    assert str(j2k_slide) in failed and "8 of" in failed and "implausible" in failed
+    assert "JPEG 2000 tile (1, 1) of level 0: no EOC marker" in failed
+    assert "(256, 256)" in failed and "--bad-tiles skip" in failed
+
+
+def test_corrupted_jpeg2000_tiles_skipped_and_slide_marked_degraded(j2k_slide, cohort_dir,
+                                                                    tmp_path, capsys):
+    from histokd_core.dataset import CohortData
+    from histokd_core.features import open_features
+
+    out = tmp_path / "f"
+    assert main(_extract_args(j2k_slide, out, "--bad-tiles", "skip")) == 0
+    printed = capsys.readouterr().out
+    assert "1 degraded (8 implausible patches left out)" in printed
+    assert "DEGRADED broken 20x: 8 patch(es) left out at level-0 (256, 256)" in printed
+    sf = open_features(out, "broken")
+    assert sf.attrs["degraded"] is True
+    positions = sorted((x, y) for x, y, _ in sf.attrs["bad_tiles"]["20x"])
+    expected = sorted((x, y) for tx, ty in ((1, 1), (2, 2))
+                      for x in (256 * tx, 256 * tx + 128) for y in (256 * ty, 256 * ty + 128))
+    assert positions == expected
+    coords = {tuple(c) for c in sf.coords("20x").tolist()}
+    assert not coords & set(expected) and len(coords) == sf.mag_attrs("20x")["n_patches"]
+    # a run reading a degraded slide says so, and counts it in metrics.json's data_warnings
+    store = _copy_store(cohort_dir, tmp_path)
+    import zarr
+
+    slide = _slides(cohort_dir)[2]
+    group = zarr.open_group(store / f"{slide}.zarr", mode="r+")
+    group.attrs.update(degraded=True, bad_tiles={"20x": [[0, 0, "noise-like pixels"]]})
+    data = CohortData(cohort_dir / "cohort.csv", store, n_folds=2)
+    assert len(data.warnings) == 1 and f"slide {slide} is degraded" in data.warnings[0]
+    assert "1 at 20x" in data.warnings[0]
+
+
+def test_constant_tile_among_tissue_is_reported(tmp_path, capsys):
+    image = _tissue_image(seed=2)
+    image[512:768, 256:512] = (175, 85, 155)  # a flat, stain-coloured TIFF tile in the tissue
+    path = tmp_path / "flat.tif"
+    _write_tiff(path, image, "jpeg")
+    rc = main(_extract_args(path, tmp_path / "f"))
+    out = capsys.readouterr().out
+    assert rc == 1 and "all-constant tile" in out and "(256, 512)" in out
+
+
+def test_pixel_checks_against_neighbours():
+    from histokd_core.features.tile_sanity import implausible_tiles
+
+    coords = np.array([(x, y) for y in range(0, 512, 128) for x in range(0, 512, 128)])
+    stats = np.tile([0.0, 40.0, 0.0, 10.0], (16, 1))
+    stats[5, 1] = 0.5  # constant
+    stats[6, 2] = 0.6  # green
+    stats[9, 3] = 40.0  # noise
+    stats[10, 0] = 1.0  # decoder error
+    stats[0, 1] = 0.5  # constant in a corner whose neighbours are suspect or few: still judged
+    bad = implausible_tiles(coords, stats, 128)
+    assert set(bad) == {0, 5, 6, 9, 10}
+    assert "all-constant" in bad[5] and "green" in bad[6] and "noise" in bad[9]
+    assert "could not be decoded" in bad[10]
+    lone = implausible_tiles(coords[:1], stats[:1], 128)  # no neighbours: not judged by pixels
+    assert lone == {}

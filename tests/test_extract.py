@@ -65,8 +65,8 @@ def test_parallel_loader_gives_the_same_tiles(slide_path):
     with open_slide(slide_path) as slide:
         grid = patch_grid(slide, 1.0, 128, 0.0)  # 10x from level 1: tiles read at another level
     dataset = TileDataset(slide_path, grid.coords, grid.patch_size_level0, grid.read_level, 128)
-    tile, seconds = dataset[3]
-    assert tile.shape == (128, 128, 3) and seconds >= 0
+    tile, seconds, stats = dataset[3]
+    assert tile.shape == (128, 128, 3) and seconds >= 0 and stats.shape == (4,)
     enc = get_encoder("hed-texture")
     serial, _ = encode_tiles(dataset, enc, batch_size=5, num_workers=0)
     parallel, stats = encode_tiles(dataset, enc, batch_size=5, num_workers=2)

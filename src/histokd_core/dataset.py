@@ -195,6 +195,12 @@ class CohortData:
                 f"{', '.join(s for s, _ in missing[:5])}{' ...' if len(missing) > 5 else ''} "
                 f"(first error: {missing[0][1]})"
             )
+        for sf in self._slides.values():
+            if sf.attrs.get("degraded"):
+                left = {m: len(v) for m, v in (sf.attrs.get("bad_tiles") or {}).items()}
+                self._warn(f"{sf.source}: slide {sf.slide_id} is degraded: implausible decoded "
+                           f"tiles were left out at extraction "
+                           f"({', '.join(f'{n} at {m}' for m, n in left.items()) or 'see its attrs'})")
         encoders = {str(sf.attrs.get("encoder_id", "")) for sf in self._slides.values()}
         if len(encoders) > 1:
             raise DataError(

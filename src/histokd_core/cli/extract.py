@@ -60,6 +60,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="stain_reference.json to normalise to (e.g. the training cohort's, for an external "
         "cohort), or a trained checkpoint (.safetensors): the reference its features were made with",
     )
+    p.add_argument(
+        "--bad-tiles", choices=("fail", "skip"), default="fail",
+        help="implausible decoded tiles (decoder errors, broken JPEG 2000 tiles, constant or "
+        "out-of-gamut tiles among tissue): fail the slide (default) or skip those patches and "
+        "mark the slide degraded",
+    )
     return p
 
 
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             stain=args.stain,
             stain_reference=args.stain_reference,
+            bad_tiles=args.bad_tiles,
         )
     except KeyboardInterrupt:
         if bar is not None:

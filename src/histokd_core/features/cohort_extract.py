@@ -54,11 +54,19 @@ class CohortReport:
     def summary(self) -> str:
         """Human-readable multi-line summary (counts, then one line per failure)."""
         statuses = [d["status"] for d in self.done]
+        degraded = {d["slide_id"]: d["bad_tiles"] for d in self.done if d.get("bad_tiles")}
+        n_bad = sum(len(v) for tiles in degraded.values() for v in tiles.values())
         lines = [
             f"{len(self.done)} slide(s) extracted ({statuses.count('done')} new, "
             f"{statuses.count('resumed')} resumed, {statuses.count('skipped')} already complete), "
             f"{len(self.failed)} failed"
+            + (f"; {len(degraded)} degraded ({n_bad} implausible patches left out)" if degraded else "")
         ]
+        for slide_id, tiles in degraded.items():
+            for mag, rows in tiles.items():
+                where = ", ".join(f"({x}, {y})" for x, y, _ in rows[:8])
+                lines.append(f"  DEGRADED {slide_id} {mag}: {len(rows)} patch(es) left out at "
+                             f"level-0 {where}{' ...' if len(rows) > 8 else ''}: {rows[0][2]}")
         lines += [f"  FAILED {path}: {message}" for path, message in self.failed.items()]
         return "\n".join(lines)
 
@@ -106,6 +114,7 @@ def extract_one(slide_path: str, root: str, spec: str, options: dict[str, Any]) 
         "read_s": result.stats.read_s,
         "encode_s": result.stats.encode_s,
         "wall_s": result.stats.wall_s,
+        "bad_tiles": result.bad_tiles,
     }
 
 
@@ -186,6 +195,7 @@ def extract_cohort(
     progress: CohortProgress | None = None,
     stain: str = "none",
     stain_reference: str | os.PathLike | None = None,
+    bad_tiles: str = "fail",
 ) -> CohortReport:
     """Extract features of many slides, one dask task per slide.
 
@@ -208,6 +218,9 @@ def extract_cohort(
         every slide's attrs.
     stain_reference : a reference to use instead of fitting one (e.g. the training cohort's
         ``stain_reference.json`` or the trained checkpoint, when extracting an external cohort).
+    bad_tiles : ``"fail"`` (default: a slide with implausible decoded tiles fails, listing them)
+        or ``"skip"`` (those patches are left out, the slide is marked degraded and listed in
+        :meth:`CohortReport.summary`); see :func:`extract_slide`.
 
     A store whose slides were extracted with another stain setting or preprocessing version
     (:func:`histokd_core.features.store.check_store`) is refused before anything is extracted;
@@ -256,6 +269,7 @@ def extract_cohort(
         device=device,
         stain=reference,
         backend=backend,
+        bad_tiles=bad_tiles,
     )
     report = CohortReport()
     client, cluster = _client(scheduler, n_workers)

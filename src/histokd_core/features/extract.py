@@ -33,6 +33,13 @@ from histokd_core.features.base import PatchEncoder
 from histokd_core.features.encoders import get_encoder
 from histokd_core.features.slide_features import mag_to_mpp, slide_id_of
 from histokd_core.features.stain import StainNormalizer, StainReference
+from histokd_core.features.tile_sanity import (
+    STAT_NAMES,
+    BadTile,
+    implausible_tiles,
+    jpeg2000_bad_tiles,
+    tile_stats,
+)
 from histokd_core.features.store import (
     IDENTITY_DEFAULTS,
     IDENTITY_KEYS,
@@ -45,6 +52,8 @@ from histokd_core.features.store import (
 
 log = logging.getLogger(__name__)
 
+#: What :func:`extract_slide` does with implausible decoded tiles.
+BAD_TILE_POLICIES = ("fail", "skip")
 #: ``progress(done, total)`` in patches over all magnifications still to compute.
 ProgressCallback = Callable[[int, int], None]
 
@@ -64,6 +73,8 @@ class ExtractStats:
     wait_s : time the model waited for tiles (the read bottleneck as seen by the main process).
     encode_s : time spent in ``encoder.encode``.
     wall_s : total wall time.
+    tile_stats : ``(n_patches, 4)`` pixel statistics of the tiles just encoded
+        (:data:`~histokd_core.features.tile_sanity.STAT_NAMES`), or ``None``.
     """
 
     n_patches: int = 0
@@ -71,6 +82,7 @@ class ExtractStats:
     wait_s: float = 0.0
     encode_s: float = 0.0
     wall_s: float = 0.0
+    tile_stats: np.ndarray | None = None
 
     def add(self, other: ExtractStats) -> None:
         for name in ("n_patches", "read_s", "wait_s", "encode_s", "wall_s"):
@@ -90,9 +102,12 @@ class ExtractResult:
     slide_id, slide_path, group : the slide and its zarr group.
     status : ``"done"`` (all computed now), ``"resumed"`` (some magnifications or patches were
         already stored) or ``"skipped"`` (complete with matching attributes).
-    n_patches : patches per magnification computed now (including kept ones resumed).
+    n_patches : patches per magnification computed now (including kept ones resumed; implausible
+        tiles left out).
     n_resumed : patches per magnification taken from a cancelled run's kept features.
     stats : timings of what was computed now.
+    bad_tiles : magnification -> ``[[x, y, reason], ...]`` of the implausible tiles left out
+        (``bad_tiles="skip"``); empty when none.
     """
 
     slide_id: str
@@ -102,14 +117,18 @@ class ExtractResult:
     n_patches: dict[str, int] = field(default_factory=dict)
     n_resumed: dict[str, int] = field(default_factory=dict)
     stats: ExtractStats = field(default_factory=ExtractStats)
+    bad_tiles: dict[str, list] = field(default_factory=dict)
 
 
 class TileDataset:
     """Map-style dataset of the patches of one grid, read from the slide in each worker process.
 
-    Item ``i`` is ``(tile, seconds)``: ``tile`` a ``(patch_px, patch_px, 3)`` uint8 tensor read at
-    ``read_level`` from level-0 top-left ``coords[i]`` and resized (bilinear, antialiased) when the
-    read size differs, then stain-normalised when ``stain`` is given; ``seconds`` the time it took.
+    Item ``i`` is ``(tile, seconds, stats)``: ``tile`` a ``(patch_px, patch_px, 3)`` uint8 tensor
+    read at ``read_level`` from level-0 top-left ``coords[i]`` and resized (bilinear, antialiased)
+    when the read size differs, then stain-normalised when ``stain`` is given; ``seconds`` the time
+    it took; ``stats`` the ``(4,)`` :func:`~histokd_core.features.tile_sanity.tile_stats` of the
+    decoded pixels. A tile whose read raises is returned as zeros with ``decode_failed`` set, so
+    the slide's report lists it (:func:`extract_slide`).
     """
 
     def __init__(
@@ -167,8 +186,14 @@ class TileDataset:
         ds = slide.level_downsamples[self.read_level]
         size = max(1, int(round(self.patch_size_level0 / ds)))
         x, y = (int(v) for v in self.coords[index])
-        with dask.config.set(scheduler="synchronous"):
-            region = slide.read_region((x, y), self.read_level, (size, size))
+        failed = False
+        try:
+            with dask.config.set(scheduler="synchronous"):
+                region = slide.read_region((x, y), self.read_level, (size, size))
+        except Exception as exc:  # noqa: BLE001 - a decoder error of one tile: reported per slide
+            log.debug("%s: tile at (%d, %d) not decoded: %s", self.slide_path, x, y, exc)
+            region, failed = np.zeros((size, size, 3), np.uint8), True
+        stats = torch.from_numpy(tile_stats(region, failed))
         tile = torch.from_numpy(np.ascontiguousarray(region))
         if size != self.patch_px:
             t = tile.permute(2, 0, 1)[None].float()
@@ -178,7 +203,7 @@ class TileDataset:
             if self._normalizer is None:
                 self._normalizer = StainNormalizer(self.stain)
             tile = torch.from_numpy(self._normalizer(tile.numpy()))
-        return tile, time.perf_counter() - start
+        return tile, time.perf_counter() - start, stats
 
 
 def loader_workers(requested: int) -> int:
@@ -232,6 +257,7 @@ def encode_tiles(
     feats = out if out is not None else np.empty((len(dataset), encoder.dim), dtype=np.float32)
     if feats.shape != (len(dataset), encoder.dim):
         raise DataError(f"encode_tiles: out must be ({len(dataset)}, {encoder.dim}), got {feats.shape}")
+    stats.tile_stats = np.zeros((len(dataset), len(STAT_NAMES)), dtype=np.float32)
     if len(dataset) == 0:
         return feats, stats
     workers = loader_workers(num_workers)
@@ -250,10 +276,11 @@ def encode_tiles(
     chunk = 1  # the first sub-batch measures the encoder's speed; the first progress comes early
     tick = time.perf_counter()
     try:
-        for tiles, seconds in loader:
+        for tiles, seconds, tile_stats_batch in loader:
             stats.wait_s += time.perf_counter() - tick
             stats.read_s += float(seconds.sum())
             tiles_np = tiles.numpy()
+            stats.tile_stats[done : done + len(tiles_np)] = tile_stats_batch.numpy()
             lo = 0
             while lo < len(tiles_np):
                 if cancel is not None:
@@ -343,6 +370,7 @@ def extract_slide(
     slide_id: str | None = None,
     stain: StainReference | None = None,
     cancel: CancelToken | None = None,
+    bad_tiles: str = "fail",
 ) -> ExtractResult:
     """Extract the features of one slide into ``<root>/<slide_id>.zarr``.
 
@@ -366,6 +394,12 @@ def extract_slide(
     slide_id : store name; default the file name without its slide extension.
     stain : stain-normalisation reference applied to every patch before encoding
         (:func:`histokd_core.features.stain.cohort_reference`); ``None`` encodes patches as read.
+    bad_tiles : what to do with implausible decoded tiles
+        (:mod:`~histokd_core.features.tile_sanity`: decode errors, broken JPEG 2000 codestreams,
+        constant / out-of-gamut / noise tiles among tissue): ``"fail"`` (default) raises
+        :class:`DataError` listing them; ``"skip"`` leaves those patches out, lists them in
+        ``ExtractResult.bad_tiles`` and marks the slide ``degraded`` in the store (attrs
+        ``degraded``, ``bad_tiles``). More than half of a grid implausible always fails.
 
     Returns
     -------
@@ -374,6 +408,8 @@ def extract_slide(
     from histokd_core.slide import open_slide, patch_grid, tissue_mask
 
     wall = time.perf_counter()
+    if bad_tiles not in BAD_TILE_POLICIES:
+        raise DataError(f"bad_tiles must be one of {', '.join(BAD_TILE_POLICIES)}, got {bad_tiles!r}")
     slide_path = Path(slide_path)
     slide_id = slide_id or slide_id_of(slide_path)
     if isinstance(encoder, str):
@@ -417,6 +453,7 @@ def extract_slide(
             for m in todo
         }
         dimensions = [int(v) for v in slide.dimensions]
+        downsamples = [float(d) for d in slide.level_downsamples]
     total = sum(len(g) for g in grids.values())
     token = CancelToken.of(cancel)
     offset = 0
@@ -453,6 +490,31 @@ def extract_slide(
                 log.info("%s %s: kept %d of %d patches in %s", slide_id, mag, n_done[0], len(grid), kept_path)
             raise
         offset += len(grid)
+        coords = grid.coords
+        pixel_stats = np.full((len(grid), len(STAT_NAMES)), np.nan, dtype=np.float32)
+        pixel_stats[start:] = stats.tile_stats  # patches kept from a cancelled run: not judged
+        bad = {
+            **implausible_tiles(grid.coords, pixel_stats, grid.stride_level0),
+            **jpeg2000_bad_tiles(slide_path, grid.read_level, grid.coords, grid.patch_size_level0,
+                                 downsamples[grid.read_level]),
+        }
+        if bad:
+            listed = [BadTile(int(grid.coords[i][0]), int(grid.coords[i][1]), r) for i, r in sorted(bad.items())]
+            where = "; ".join(f"({t.x}, {t.y}) {t.reason}" for t in listed[:5])
+            more = f" (+{len(listed) - 5} more)" if len(listed) > 5 else ""
+            if bad_tiles == "fail" or 2 * len(bad) > len(grid):
+                raise DataError(
+                    f"{slide_path}: {len(bad)} of {len(grid)} patches at {mag} decode to implausible "
+                    f"pixels, at level-0 (x, y): {where}{more}; their features would describe garbage: "
+                    "re-copy or re-export the slide, or pass --bad-tiles skip (bad_tiles='skip') to "
+                    "leave them out and mark the slide degraded"
+                    + (" (more than half the patches: always an error)" if 2 * len(bad) > len(grid) else "")
+                )
+            log.warning("%s %s: left out %d implausible tile(s): %s%s", slide_id, mag, len(bad), where, more)
+            keep = np.ones(len(grid), dtype=bool)
+            keep[list(bad)] = False
+            feats, coords = feats[keep], grid.coords[keep]
+            result.bad_tiles[mag] = [t.to_list() for t in listed]
         attrs = {
             **identity,
             "feat_dim": encoder.dim,
@@ -468,9 +530,12 @@ def extract_slide(
         }
         if stain is not None:
             attrs["stain_reference"] = stain.to_attrs()
-        write_slide_features(root, slide_id, mag, feats, grid.coords, attrs, overwrite=overwrite and i == 0)
+        kept = {m: v for m, v in ((existing or {}).get("bad_tiles") or {}).items() if m in reusable}
+        attrs["bad_tiles"] = {**kept, **result.bad_tiles}
+        attrs["degraded"] = bool(attrs["bad_tiles"])
+        write_slide_features(root, slide_id, mag, feats, coords, attrs, overwrite=overwrite and i == 0)
         kept_path.unlink(missing_ok=True)
-        result.n_patches[mag] = len(grid)
+        result.n_patches[mag] = len(coords)
         result.stats.add(stats)
         log.info(
             "%s %s: %d patches, %.1f patches/s (read %.1fs, encode %.1fs)",
