@@ -145,7 +145,8 @@ def test_extract_now_normalises_with_the_checkpoint_reference(slides, tmp_path):
     assert load_reference(out / REFERENCE_FILE) == ref
     direct = tmp_path / "direct"
     extract_slide(slides[1], direct, enc, magnifications=("20x",), num_workers=0, stain=ref)
-    np.testing.assert_array_equal(sf.feats("20x"), open_features(direct, "pb").feats("20x"))
+    # same normalisation and encoder; float sums may differ in order between the two paths
+    np.testing.assert_allclose(sf.feats("20x"), open_features(direct, "pb").feats("20x"), rtol=1e-5, atol=1e-6)
     plain = tmp_path / "plain"
     extract_slide(slides[1], plain, enc, magnifications=("20x",), num_workers=0)
     assert not np.allclose(sf.feats("20x"), open_features(plain, "pb").feats("20x"))
