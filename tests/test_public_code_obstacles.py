@@ -283,7 +283,7 @@ def test_features_of_another_width_are_named(trained, cohort_dir, tmp_path):
         del f["features"]
         f["features"] = np.concatenate([feats, feats[:, :4]], axis=1)
     cohort = load_cohort(cohort_dir / "labels.csv", "classification", "status")
-    with pytest.raises(DataError, match=rf"different feature dimensions \[{FEAT}, {FEAT + 4}\]"):
+    with pytest.raises(DataError, match=rf"another dimension than the \d+ others \(d = {FEAT}\): \S*P1\.h5 \(slide P1, d = {FEAT + 4}\)"):
         data = CohortData(cohort, h5, omics=cohort_dir / "omics.csv", task="classification",
                           n_folds=4)
         data.fold(0)
