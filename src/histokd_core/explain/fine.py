@@ -141,7 +141,8 @@ def heatmap_grid(
 
     The grid includes patches flush with the right and bottom edges (:func:`heatmap_coords`).
     """
-    from histokd_core.slide import PatchGrid, tissue_mask
+    from histokd_core.slide import tissue_mask
+    from histokd_core.slide.grid import grid_of_patches
 
     if stride_div not in (1, 2, 4):
         raise DataError(f"stride_div must be 1, 2 or 4 (stride = patch / stride_div), got {stride_div}")
@@ -157,17 +158,8 @@ def heatmap_grid(
     mask = tissue_mask(slide) if mask is None else mask
     frac = mask.box_fractions(coords, size0)
     keep = frac >= min_tissue if min_tissue > 0 else frac > 0
-    return PatchGrid(
-        coords=coords[keep],
-        tissue_fraction=frac[keep].astype(np.float32),
-        patch_size_level0=size0,
-        stride_level0=stride0,
-        target_mpp=float(target_mpp),
-        patch_px=int(patch_px),
-        read_level=min(slide.best_level_for_downsample(max(scale, 1.0)), slide.native_level_count - 1),
-        mpp=float(mpp),
-        slide_dimensions=tuple(slide.dimensions),
-        slide_path=str(slide.path),
+    return grid_of_patches(
+        slide, coords[keep], frac[keep], size0, stride0, target_mpp, patch_px,
         attrs={"heatmap": True, "stride_div": int(stride_div), "min_tissue": float(min_tissue)},
     )
 

@@ -190,11 +190,29 @@ def patch_grid(
     else:
         frac = np.ones(len(coords), dtype=np.float32)
     keep = frac >= min_tissue if min_tissue > 0 else np.ones(len(coords), dtype=bool)
+    return grid_of_patches(slide, coords[keep], frac[keep], size0, stride0, target_mpp, patch_px)
+
+
+def grid_of_patches(
+    slide: Slide,
+    coords: np.ndarray,
+    tissue_fraction: np.ndarray,
+    patch_size_level0: int,
+    stride_level0: int,
+    target_mpp: float,
+    patch_px: int,
+    attrs: dict[str, Any] | None = None,
+) -> PatchGrid:
+    """A :class:`PatchGrid` of the chosen patches ``coords`` ``(n, 2)`` (level-0 top-left) with
+    their ``tissue_fraction`` ``(n,)`` on ``slide`` (its mpp is required): the read level,
+    mpp, dimensions and path come from the slide."""
+    mpp = slide.require_mpp()
+    scale = target_mpp / mpp
     return PatchGrid(
-        coords=coords[keep],
-        tissue_fraction=frac[keep].astype(np.float32),
-        patch_size_level0=size0,
-        stride_level0=stride0,
+        coords=coords,
+        tissue_fraction=np.asarray(tissue_fraction).astype(np.float32),
+        patch_size_level0=int(patch_size_level0),
+        stride_level0=int(stride_level0),
         target_mpp=float(target_mpp),
         patch_px=int(patch_px),
         read_level=min(
@@ -203,4 +221,5 @@ def patch_grid(
         mpp=float(mpp),
         slide_dimensions=tuple(slide.dimensions),
         slide_path=str(slide.path),
+        attrs=dict(attrs or {}),
     )
