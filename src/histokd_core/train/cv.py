@@ -30,7 +30,7 @@ import yaml
 from histokd_core import __version__
 from histokd_core.cancel import CancelToken
 from histokd_core.devices import resolve_device
-from histokd_core.errors import ConfigError, HistoKDError, RunDirError
+from histokd_core.errors import ConfigError, DataError, HistoKDError, RunDirError
 from histokd_core.io import atomic_write_text, to_jsonable
 from histokd_core.methods import registry
 from histokd_core.methods.base import BagModel
@@ -60,6 +60,15 @@ class RunResult:
 
     run_dir: Path
     metrics: dict
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    """The ``config.yaml`` of a run directory written by :func:`run_cv` (method, method config,
+    task, train config, folds); :class:`DataError` when ``run_dir`` holds none."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: not a run directory (no config.yaml)")
+    return yaml.safe_load(path.read_text())
 
 
 def _run_config(

@@ -51,7 +51,7 @@ def evaluate_run(
     -------
     The content of ``metrics.json``.
     """
-    import yaml
+    from histokd_core.train.cv import read_run_config
 
     from histokd_core.cohort import check_evaluable, load_cohort
     from histokd_core.dataset import CohortData
@@ -64,10 +64,7 @@ def evaluate_run(
 
     run, cohort = Path(run), Path(cohort)
     token = CancelToken.of(cancel)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise DataError(f"{run}: not a run directory (no config.yaml)")
-    run_cfg = yaml.safe_load(cfg_path.read_text())
+    run_cfg = read_run_config(run)
     task = run_cfg["task"]
     out_dir = Path(out) if out is not None else run / f"external_{cohort.stem}"
     check_writable(out_dir / "metrics.json", overwrite=overwrite)
@@ -97,7 +94,7 @@ def evaluate_run(
             if ckpt_task != task or meta.get("method", run_cfg["method"]) != run_cfg["method"]:
                 raise DataError(
                     f"{ckpt}: a {ckpt_task} checkpoint of method {meta.get('method')!r} inside "
-                    f"a {task} run of method {run_cfg['method']!r} ({cfg_path}); it belongs to "
+                    f"a {task} run of method {run_cfg['method']!r} ({run / 'config.yaml'}); it belongs to "
                     "another run: move it out of the run folder, or pick stages with --models")
             if model.needs_omics:
                 continue

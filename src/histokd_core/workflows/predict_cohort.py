@@ -319,7 +319,7 @@ def predict_cohort_maps(
     :class:`CohortMaps` (``ok`` is False when any slide failed; ``summary.csv`` lists every slide).
     """
     import pandas as pd
-    import yaml
+    from histokd_core.train.cv import read_run_config
     from distributed import as_completed
 
     from histokd_core.cohort import load_cohort
@@ -329,10 +329,7 @@ def predict_cohort_maps(
 
     run, out = Path(run), Path(out)
     token = CancelToken.of(cancel)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise DataError(f"{run}: not a run directory (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg = read_run_config(run)
     folds = [int(f) for f in cfg["folds"]]
     stage = _stage(run, folds, stage)
     for name in png_maps:
