@@ -10,18 +10,14 @@ its slides. A slide that fails (corrupt file, missing mpp, ...) is reported in
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import sys
-import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histokd_core.cluster import dask_client
 from histokd_core.errors import DataError, HistoKDError
 from histokd_core.features import lifeline
 
@@ -116,65 +112,6 @@ def extract_one(slide_path: str, root: str, spec: str, options: dict[str, Any]) 
         "wall_s": result.stats.wall_s,
         "bad_tiles": result.bad_tiles,
     }
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    """Ignore SIGINT while child processes start (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _quiet_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker with its stderr on ``/dev/null``.
-
-    Its only output is a warning about semaphores left by a worker killed mid-slide (on Ctrl-C
-    the cluster kills busy workers); the tracker removes them either way. No-op when it runs.
-    """
-    from multiprocessing import resource_tracker
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        resource_tracker.ensure_running()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _client(scheduler: str | None, n_workers: int):
-    import dask
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="20s"), None
-        except (OSError, TimeoutError) as exc:
-            raise DataError(f"cannot connect to the dask scheduler at {scheduler}: {exc}") from exc
-    # Non-daemonic workers may start DataLoader processes to read tiles. The workers start with
-    # SIGINT ignored (inherited through exec): Ctrl-C in a terminal reaches the whole process
-    # group, and only this process should answer it, by closing the cluster.
-    _quiet_resource_tracker()
-    with dask.config.set({"distributed.worker.daemon": False}), _sigint_ignored(), \
-            warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
-    return Client(cluster), cluster
 
 
 def extract_cohort(
@@ -272,7 +209,7 @@ def extract_cohort(
         bad_tiles=bad_tiles,
     )
     report = CohortReport()
-    client, cluster = _client(scheduler, n_workers)
+    client, cluster = dask_client(scheduler, n_workers)
     try:
         futures = {
             client.submit(extract_one, p, str(root.resolve()), encoder, dict(options), key=f"extract-{i}-{slide_id_of(p)}", pure=False): p

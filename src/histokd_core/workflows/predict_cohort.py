@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ from histokd_core.progress import ProgressFn, report
 log = logging.getLogger(__name__)
 
 _MODELS: dict[tuple[str, str], Any] = {}
+#: seconds between two looks at the running slides (and at the cancel token).
+POLL_S = 0.1
 
 
 @dataclass
@@ -281,6 +283,93 @@ def _png(path: Path, coords, patch_size: int, display, scale, title: str) -> Non
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _row(job: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+    """A summary row for a slide that produced nothing (failed or cancelled)."""
+    return {k: job[k] for k in ("slide_id", "case_id", "fold", "out_of_fold")} | {
+        "status": status, "reason": reason}
+
+
+def _finished(futures, token: CancelToken) -> Iterator[Any]:
+    """Yield each future as it finishes; on cancel, cancel the pending ones and stop within
+    :data:`POLL_S` (a slide being predicted is abandoned: the cluster closes under it)."""
+    pending = set(futures)
+    while pending:
+        if token.cancelled():
+            for future in pending:
+                future.cancel()
+            return
+        finished = [f for f in pending if f.done()]
+        if not finished:
+            time.sleep(POLL_S)
+        for future in finished:
+            pending.discard(future)
+            yield future
+
+
+def pooled_scales(slide_dirs: Sequence[Path], names: Sequence[str]) -> dict[str, Any]:
+    """The cohort-wide colour scale of each map in ``names``, pooled over the slides' ``maps.zarr``.
+
+    Parameters
+    ----------
+    slide_dirs : ``OUT/<slide_id>`` folders written by :func:`predict_one`.
+    names : map names (``"attention"``, ``"pathway:<name>"``, ``"memory:<component>"``); a map no
+        slide has is left out.
+
+    Returns
+    -------
+    map name -> :class:`~histokd_core.explain.colour.MapScale` (``mode="cohort"``, its range from
+    :func:`~histokd_core.explain.colour.cohort_scale` over every patch of those slides, in display
+    units: attention and pathway maps as multiples of uniform).
+    """
+    from histokd_core.explain.colour import cohort_scale, to_display
+
+    scales: dict[str, Any] = {}
+    for name in names:
+        kind = map_kind(name)
+        values = [v for d in slide_dirs if (v := _read_map(d, name)) is not None]
+        if values:
+            scales[name] = cohort_scale([to_display(v, kind, len(v)) for v in values], kind)
+    return scales
+
+
+def run_colour_scales(maps_dir: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The cohort-wide colour scales of a finished cohort-maps folder, for any of its maps.
+
+    Reads ``maps_dir/summary.csv`` (written by :func:`predict_cohort_maps`) and pools the slides
+    done or skipped there, out-of-fold ones only when there are any (the run's test cases), so a
+    single slide analysed later is drawn on the same scale as every slide of the run.
+
+    Parameters
+    ----------
+    maps_dir : the ``--maps`` folder of ``histokd predict --run``.
+    names : maps wanted (default: every scored map of the first pooled slide: attention, each
+        pathway, each memory component).
+
+    Returns
+    -------
+    map name -> ``MapScale``; :class:`DataError` when the folder holds no finished slide.
+    """
+    import pandas as pd
+    import zarr
+
+    maps_dir = Path(maps_dir)
+    summary = maps_dir / "summary.csv"
+    if not summary.is_file():
+        raise DataError(f"cohort colour scale: {maps_dir} holds no cohort maps (no summary.csv); "
+                        "predict all slides of the run into it first")
+    table = pd.read_csv(summary, dtype={"slide_id": str})
+    ok = table[table["status"].isin(["done", "skipped"])]
+    held_out = ok[ok["out_of_fold"].astype(bool)] if "out_of_fold" in ok else ok.iloc[:0]
+    pool = [maps_dir / s for s in (held_out if len(held_out) else ok)["slide_id"]]
+    pool = [d for d in pool if (d / "maps.zarr").is_dir()]
+    if not pool:
+        raise DataError(f"cohort colour scale: no finished slide in {summary}")
+    if names is None:
+        attrs = zarr.open_group(pool[0] / "maps.zarr", mode="r").attrs
+        names = [n for n in attrs["maps"] if not n.startswith("cluster:")]
+    return pooled_scales(pool, names)
+
+
 def predict_cohort_maps(
     run: str | os.PathLike,
     cohort: str | os.PathLike,
@@ -311,21 +400,21 @@ def predict_cohort_maps(
     scheduler : address of an existing dask scheduler; None starts a LocalCluster of
         ``n_workers`` processes (one thread each).
     device : torch device on the workers.
-    progress : ``"message"`` events after each slide; cancel : checked between slides (pending
-        slides are cancelled and reported as failed with the reason "cancelled").
+    progress : ``"message"`` events after each slide; cancel : checked every :data:`POLL_S` s
+        (slides not finished are abandoned and reported as failed with the reason "cancelled";
+        finished slides keep their maps; a run cancelled before its predictions finished draws
+        no PNG and writes no colour_scale.json).
 
     Returns
     -------
     :class:`CohortMaps` (``ok`` is False when any slide failed; ``summary.csv`` lists every slide).
     """
     import pandas as pd
-    from histokd_core.train.cv import read_run_config
-    from distributed import as_completed
 
+    from histokd_core.cluster import dask_client
     from histokd_core.cohort import load_cohort
-    from histokd_core.explain.colour import cohort_scale, to_display
-    from histokd_core.features.cohort_extract import _client
     from histokd_core.io import atomic_path, write_json
+    from histokd_core.train.cv import read_run_config
 
     run, out = Path(run), Path(out)
     token = CancelToken.of(cancel)
@@ -352,39 +441,31 @@ def predict_cohort_maps(
                      "threads": threads})
     rows: dict[str, dict] = {}
     scales: dict[str, Any] = {}
-    client, cluster = _client(scheduler, n_workers)
+    report(progress, 0.0, f"starting {n_workers} dask worker(s) for {len(jobs)} slide(s)"
+           if not scheduler else f"connecting to {scheduler}")
+    client, cluster = dask_client(scheduler, n_workers)
     try:
         futures = {client.submit(predict_one, job, key=f"maps-{i}-{job['slide_id']}", pure=False): job
                    for i, job in enumerate(jobs)}
-        for n_done, future in enumerate(as_completed(futures), start=1):
+        for future in _finished(futures, token):
             job = futures[future]
             try:
                 row = future.result()
             except Exception as exc:  # noqa: BLE001 - a killed worker, not bad input
-                row = {k: job[k] for k in ("slide_id", "case_id", "fold", "out_of_fold")}
-                row.update(status="failed", reason=f"worker failed: {type(exc).__name__}: {exc}")
+                row = _row(job, "failed", f"worker failed: {type(exc).__name__}: {exc}")
             rows[job["slide_id"]] = row
-            report(progress, 0.9 * n_done / len(jobs), f"{job['slide_id']}: {row['status']} "
-                   f"({n_done}/{len(jobs)})")
-            if token.cancelled():
-                for f, j in futures.items():
-                    if not f.done():
-                        f.cancel()
-                        rows.setdefault(j["slide_id"], {k: j[k] for k in ("slide_id", "case_id", "fold", "out_of_fold")}
-                                        | {"status": "failed", "reason": "cancelled"})
-                break
-        ok = [j for j in jobs if rows.get(j["slide_id"], {}).get("status") in ("done", "skipped")]
-        pool = [j for j in ok if j["out_of_fold"]] or ok
-        for name in png_maps:
-            values = [v for j in pool if (v := _read_map(Path(j["slide_dir"]), name)) is not None]
-            if values:
-                kind = map_kind(name)
-                scales[name] = cohort_scale([to_display(v, kind, len(v)) for v in values], kind)
-        if scales and ok and not token.cancelled():
+            report(progress, 0.9 * len(rows) / len(jobs),
+                   f"{job['slide_id']}: {row['status']} ({len(rows)}/{len(jobs)})")
+        ok = [j for j in jobs if j["slide_id"] in rows and rows[j["slide_id"]]["status"] in ("done", "skipped")]
+        if not token.cancelled():
+            pool = [j for j in ok if j["out_of_fold"]] or ok
+            scales = pooled_scales([Path(j["slide_dir"]) for j in pool], png_maps)
+        if scales and ok:
+            report(progress, 0.9, f"drawing {len(ok)} slide(s) on the cohort-wide colour scale")
             renders = {client.submit(render_one, j["slide_dir"], j["slide_id"], scales,
                                      key=f"png-{i}-{j['slide_id']}", pure=False): j
                        for i, j in enumerate(ok)}
-            for future in as_completed(renders):
+            for future in _finished(renders, token):
                 j = renders[future]
                 outcome = future.result()
                 if not outcome["ok"]:
@@ -393,11 +474,14 @@ def predict_cohort_maps(
         client.close()
         if cluster is not None:
             cluster.close()
-    write_json(out / "colour_scale.json", {
-        name: {"kind": s.kind, "unit": s.unit, "low": s.low, "high": s.high, "mode": s.mode,
-               "pooled_over": "out-of-fold slides" if any(j["out_of_fold"] for j in jobs) else "all slides"}
-        for name, s in scales.items()})
-    ordered = [rows[j["slide_id"]] for j in jobs if j["slide_id"] in rows]
+    for job in jobs:  # cancelled: a slide not finished is reported, never dropped
+        rows.setdefault(job["slide_id"], _row(job, "failed", "cancelled"))
+    if scales:
+        write_json(out / "colour_scale.json", {
+            name: {"kind": s.kind, "unit": s.unit, "low": s.low, "high": s.high, "mode": s.mode,
+                   "pooled_over": "out-of-fold slides" if any(j["out_of_fold"] for j in ok) else "all slides"}
+            for name, s in scales.items()})
+    ordered = [rows[j["slide_id"]] for j in jobs]
     with atomic_path(out / "summary.csv") as tmp:
         pd.DataFrame(ordered).to_csv(tmp, index=False)
     result = CohortMaps(ordered, out, scales)
