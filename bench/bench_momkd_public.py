@@ -8,8 +8,8 @@ Run::
 
 ``--jobs`` runs that many (implementation, seed) runs at once, each a child process; each
 cohort's tables print as soon as its runs are done. The ``swap`` form reads a finished run's
-folder and prints the swap diagnostic (``methods.momkd.diagnostics.memory_swap_shares``) of our
-trained students:
+folder and prints the swap diagnostic (``train.swap.model_swap_diagnostic``) of our trained
+students:
 how much of the memory update and of the alignments follows the expression, how much the slide.
 
 ``--public`` is a checkout or a git directory of the authors' repository (for example the one
@@ -859,16 +859,16 @@ SWAP_STAGES = ("student", "student_gradient_memory")
 
 
 def swap_report(work: Path, max_cases: int, n_shifts: int, folds: list[int]) -> list[str]:
-    """Swap diagnostic (``methods.momkd.diagnostics.memory_swap_shares``) of the MoMKD students
-    trained by a (possibly cut) run in ``work``: for each cohort, memory rule, seed and fold in ``folds``, over the first
-    ``max_cases`` training cases of the fold, the share of each distillation target's change that
-    follows the expression when one modality is swapped between cases. Pairs over all cases (the
-    label travels with the expression, so swapping it can move the other class's memory) and
-    within each class (label held fixed). Returns markdown lines: mean +- sd over seeds x folds."""
+    """Swap diagnostic (``train.swap.model_swap_diagnostic``) of the MoMKD students trained by a
+    (possibly cut) run in ``work``: for each cohort, memory rule, seed and fold in ``folds``, over
+    the first ``max_cases`` training cases of the fold, the share of each distillation target's
+    change that follows the expression when one modality is swapped between cases. Pairs over all
+    cases (the label travels with the expression, so swapping it can move the other class's
+    memory) and within each class (label held fixed). Returns markdown lines: mean +- sd over seeds x folds."""
     from histokd_core.cohort import load_cohort
     from histokd_core.dataset import CohortData
-    from histokd_core.methods.momkd.diagnostics import memory_swap_shares
     from histokd_core.train.checkpoint import load_model
+    from histokd_core.train.swap import model_swap_diagnostic
 
     run = json.loads((work / "run.json").read_text())
     shares: dict[tuple, list[tuple[float, float, float]]] = {}
@@ -887,13 +887,13 @@ def swap_report(work: Path, max_cases: int, n_shifts: int, folds: list[int]) -> 
                         continue
                     model, _ = load_model(ckpt)
                     for pairing, within in (("all pairs", False), ("within class", True)):
-                        result = memory_swap_shares(model, bags, n_shifts=n_shifts, seed=seed,
-                                                    within_class=within)
+                        result = model_swap_diagnostic(model, bags, n_shifts=n_shifts,
+                                                       seed=seed, within_class=within)
                         for target, share in result.items():
                             key = (name, model.memory_mode, target, pairing)
                             shares.setdefault(key, []).append(
-                                (share["expression"], share["expression_vs_total"],
-                                 share["slide_vs_total"]))
+                                (share.expression, share.expression_vs_total,
+                                 share.slide_vs_total))
     lines = ["| cohort | memory | target | pairs | expression share e/(e+s) | e/t | s/t | runs |",
              "|---|---|---|---|---|---|---|---|"]
     for (name, mode, target, pairing), values in shares.items():

@@ -13,8 +13,8 @@ from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import ConfigError, DataError, HistoKDError
 from histokd_core.methods.baselines.snn import SNN
 from histokd_core.methods.momkd import TASKS, Config, MoMKDModel, stages
-from histokd_core.methods.momkd.diagnostics import memory_swap_shares
 from histokd_core.methods.registry import get_method
+from histokd_core.train.swap import model_swap_diagnostic
 
 FEAT, GENES = 16, 12
 SMALL = dict(
@@ -345,7 +345,7 @@ def test_distillation_targets_follow_the_right_modality():
     assert not torch.allclose(other_slide["memory_update"], base["memory_update"])
 
 
-def test_memory_swap_shares_by_definition():
+def test_swap_diagnostic_by_definition():
     """Additive targets ``a(slide) + b(omics)`` over all ordered pairs: the expression share is
     ``sum |b_j - b_i|^2 / (sum |a_j - a_i|^2 + sum |b_j - b_i|^2)``, computed here by hand."""
     bags = planted_bags(6, 1)
@@ -358,35 +358,35 @@ def test_memory_swap_shares_by_definition():
             return {"omics": bag.omics[:3].clone(), "slide": bag.feats[:, 0].clone(),
                     "sum": 2.0 * bag.omics[:2] + bag.feats.mean(0)[:2]}
 
-    shares = memory_swap_shares(Additive(), bags, n_shifts=5)  # every ordered pair once
-    assert shares["omics"]["expression"] == 1.0 and shares["slide"]["expression"] == 0.0
+    shares = model_swap_diagnostic(Additive(), bags, n_shifts=5)  # every ordered pair once
+    assert shares["omics"].expression == 1.0 and shares["slide"].expression == 0.0
     a = torch.stack([b.feats.mean(0)[:2] for b in bags]).double()
     o = torch.stack([2.0 * b.omics[:2] for b in bags]).double()
     e = sum(float(((o[j] - o[i]) ** 2).sum()) for i in range(6) for j in range(6) if i != j)
     s = sum(float(((a[j] - a[i]) ** 2).sum()) for i in range(6) for j in range(6) if i != j)
-    assert shares["sum"]["expression"] == pytest.approx(e / (e + s), rel=1e-6)
+    assert shares["sum"].expression == pytest.approx(e / (e + s), rel=1e-6)
     f = a + o
     t = sum(float(((f[j] - f[i]) ** 2).sum()) for i in range(6) for j in range(6) if i != j)
-    assert shares["sum"]["expression_vs_total"] == pytest.approx(e / t, rel=1e-6)
-    assert shares["sum"]["slide_vs_total"] == pytest.approx(s / t, rel=1e-6)
-    assert shares["sum"]["n_pairs"] == 30
+    assert shares["sum"].expression_vs_total == pytest.approx(e / t, rel=1e-6)
+    assert shares["sum"].slide_vs_total == pytest.approx(s / t, rel=1e-6)
+    assert shares["sum"].n_pairs == 30
 
 
-def test_memory_swap_shares_of_momkd_targets():
+def test_swap_diagnostic_of_momkd_targets():
     """On a MoMKD model the alignments follow their own modality only; a fixed memory never
     moves (no share); the EMA memory's update takes both, also with the label held fixed."""
     bags = planted_bags(6, 2)
     fixed = make("fixed")
     fixed.prepare(bags)
-    shares = memory_swap_shares(fixed, bags, n_shifts=2)
-    assert shares["omics_alignment"]["expression"] == 1.0
-    assert shares["slide_alignment"]["expression"] == 0.0
-    assert shares["patch_memory_scores"]["expression"] == 0.0
-    assert np.isnan(shares["memory_update"]["expression"])
+    shares = model_swap_diagnostic(fixed, bags, n_shifts=2)
+    assert shares["omics_alignment"].expression == 1.0
+    assert shares["slide_alignment"].expression == 0.0
+    assert shares["patch_memory_scores"].expression == 0.0
+    assert np.isnan(shares["memory_update"].expression)
     ema = make("ema")
     ema.prepare(bags)
-    within = memory_swap_shares(ema, bags, n_shifts=2, within_class=True)
-    assert 0.0 < within["memory_update"]["expression"] < 1.0
-    assert within["memory_update"]["n_pairs"] == 12  # 3 cases per class, 2 partners each
+    within = model_swap_diagnostic(ema, bags, n_shifts=2, within_class=True)
+    assert 0.0 < within["memory_update"].expression < 1.0
+    assert within["memory_update"].n_pairs == 12  # 3 cases per class, 2 partners each
     with pytest.raises(HistoKDError, match="at least 2"):
-        memory_swap_shares(ema, bags[:3], within_class=True)  # one case of class 1
+        model_swap_diagnostic(ema, bags[:3], within_class=True)  # one case of class 1

@@ -1,5 +1,7 @@
 """Swap diagnostic on targets whose dependence on slide and expression is known by construction."""
 
+import math
+
 import pytest
 import torch
 
@@ -14,13 +16,16 @@ from histokd_core.train.swap import (
 )
 
 
-def bags_from(xs, os_, n_patch=4):
-    """Case ``i``: every patch feature ``xs[i]`` (``(n_patch, 2)``), omics ``(os_[i], 0)``."""
+def bags_from(xs, os_, n_patch=4, labels=None):
+    """Case ``i``: every patch feature ``xs[i]`` (``(n_patch, 2)``), omics ``(os_[i], 0)``, class
+    ``labels[i]`` (-1 when not given)."""
+    labels = [-1] * len(xs) if labels is None else labels
     out = []
-    for i, (x, o) in enumerate(zip(xs, os_)):
+    for i, (x, o, y) in enumerate(zip(xs, os_, labels)):
         feats = torch.full((n_patch, 2), float(x))
         coords = torch.zeros(n_patch, 2, dtype=torch.long)
-        out.append(Bag(f"c{i}", feats, coords, omics=torch.tensor([float(o), 0.0]), time=1.0 + i))
+        out.append(Bag(f"c{i}", feats, coords, omics=torch.tensor([float(o), 0.0]), time=1.0 + i,
+                       label=y))
     return out
 
 
@@ -42,6 +47,46 @@ def test_pairs_never_pair_a_case_with_itself():
     assert len(swap_pairs(3, n_shifts=9)) == 6  # capped at n - 1: all ordered pairs
     with pytest.raises(HistoKDError, match="at least 2"):
         swap_pairs(1)
+
+
+def test_pairs_within_class_stay_in_their_class():
+    labels = [0, 1, 0, 1, 1, 0, 1]
+    pairs = swap_pairs(7, n_shifts=2, seed=3, groups=labels)
+    assert all(labels[i] == labels[j] and i != j for i, j in pairs)
+    assert len(pairs) == 3 * 2 + 4 * 2  # class 0: 3 cases, class 1: 4 cases, 2 partners each
+    assert len(swap_pairs(5, n_shifts=3, seed=1, groups=[0] * 5)) == 15
+    assert swap_pairs(5, n_shifts=3, seed=1, groups=[0] * 5) == swap_pairs(5, 3, seed=1)
+    with pytest.raises(HistoKDError, match="at least 2 cases per class, got 1 of class 1"):
+        swap_pairs(3, groups=[0, 0, 1])
+
+
+def test_within_class_hand_values():
+    """Class 0: cases x = (0, 1), o = (0, 2); class 1: x = (3, 5), o = (2, 2); f = x + o.
+    Within class (all 4 ordered pairs): e = 2 * 2^2 + 0 = 8, s = 2 * 1^2 + 2 * 2^2 = 10,
+    f = (0, 3 | 5, 7): t = 2 * 3^2 + 2 * 2^2 = 26. A target of the label alone moves with the
+    case over all pairs (share 1) and never within a class (no swap change: NaN)."""
+    bags = bags_from([0, 1, 3, 5], [0, 2, 2, 2], labels=[0, 0, 1, 1])
+
+    def targets(b):
+        return {"sum": slide_value(b) + b.omics[0], "label": torch.tensor(float(b.label))}
+
+    within = swap_shares(targets, bags, n_shifts=3, within_class=True)
+    m = within["sum"]
+    assert m.n_pairs == 4
+    assert m.expression == pytest.approx(8 / 18)
+    assert m.expression_vs_total == pytest.approx(8 / 26)
+    assert m.slide_vs_total == pytest.approx(10 / 26)
+    assert math.isnan(within["label"].expression)
+    across = swap_shares(targets, bags, n_shifts=3)
+    assert across["label"].expression == pytest.approx(1.0) and across["sum"].n_pairs == 12
+    assert model_swap_diagnostic(LabelModel(), bags, within_class=True)["label"].n_pairs == 4
+    with pytest.raises(HistoKDError, match="needs class labels"):
+        swap_shares(targets, bags_from([0, 1], [0, 2]), within_class=True)
+
+
+class LabelModel(torch.nn.Module):
+    def distillation_targets(self, bag):
+        return {"label": torch.tensor(float(bag.label))}
 
 
 def test_expression_only_slide_only_and_mixed_hand_values():

@@ -20,7 +20,11 @@ Reported per target (:class:`SwapShare`):
   the between-case variance (they sum to 1 for additive targets, to more with interactions).
 
 Pairs: the cases in a random order (``seed``), each paired with the ``1 .. n_shifts``-th next one
-(cyclically), so every case is swapped with ``n_shifts`` others and no case with itself.
+(cyclically), so every case is swapped with ``n_shifts`` others and no case with itself. With
+``within_class`` only cases of the same class label are paired (each class in its own random
+order): the label, which travels with the case (the omics side), then never changes in a swap.
+That matters for targets the label picks, such as the class memory a MoMKD case updates; over all
+pairs such a target's "expression" share is partly the label's.
 
 Per-patch targets (``(n, d)``) are compared patch by patch at the same position, so every case must
 give the same number of patches: pass ``n_patches`` to draw that many patches per case (fixed
@@ -98,14 +102,46 @@ def same_patch_count(bags: Sequence[Bag], n_patches: int, seed: int = 0) -> list
     return out
 
 
-def swap_pairs(n: int, n_shifts: int = 3, seed: int = 0) -> list[tuple[int, int]]:
-    """``(i, j)`` pairs: cases in a random order, each with its ``1 .. n_shifts``-th successor
-    (cyclic); ``n_shifts`` is capped at ``n - 1``."""
-    if n < 2:
-        raise HistoKDError(f"swap diagnostic needs at least 2 cases, got {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    shifts = range(1, min(n_shifts, n - 1) + 1)
-    return [(order[p], order[(p + r) % n]) for r in shifts for p in range(n)]
+def swap_pairs(
+    n: int, n_shifts: int = 3, seed: int = 0, groups: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """``(i, j)`` pairs of case indices ``0 .. n - 1``: cases in a random order, each with its
+    ``1 .. n_shifts``-th successor (cyclic); ``n_shifts`` is capped at ``n - 1``.
+
+    With ``groups`` (one key per case, e.g. its class label) a case is paired only with cases of
+    its own group: every group (in ascending key order) gets its own random order and
+    ``n_shifts`` capped at its size - 1. Raises when a group has fewer than 2 cases.
+    """
+    if groups is None:
+        if n < 2:
+            raise HistoKDError(f"swap diagnostic needs at least 2 cases, got {n}")
+        groups = [0] * n
+    elif len(groups) != n:
+        raise HistoKDError(f"swap diagnostic: {len(groups)} group keys for {n} cases")
+    gen = torch.Generator().manual_seed(seed)
+    pairs = []
+    for key in sorted(set(groups)):
+        members = [i for i, g in enumerate(groups) if g == key]
+        m = len(members)
+        if m < 2:
+            raise HistoKDError(
+                f"swap diagnostic needs at least 2 cases per class, got {m} of class {key}"
+            )
+        order = [members[k] for k in torch.randperm(m, generator=gen).tolist()]
+        shifts = range(1, min(n_shifts, m - 1) + 1)
+        pairs += [(order[p], order[(p + r) % m]) for r in shifts for p in range(m)]
+    return pairs
+
+
+def class_groups(bags: Sequence[Bag]) -> list[int]:
+    """The class label of every bag, the ``groups`` of :func:`swap_pairs` for pairs within a
+    class. Raises when a bag has no label (``-1``, e.g. survival cases)."""
+    unlabelled = [b.case_id for b in bags if int(b.label) < 0]
+    if unlabelled:
+        raise HistoKDError(
+            f"swap diagnostic within class needs class labels; no label for {unlabelled[:5]}"
+        )
+    return [int(b.label) for b in bags]
 
 
 def swap_shares(
@@ -115,6 +151,7 @@ def swap_shares(
     n_shifts: int = 3,
     seed: int = 0,
     n_patches: int | None = None,
+    within_class: bool = False,
 ) -> dict[str, SwapShare]:
     """Swap diagnostic of every target ``targets(bag)`` returns, over pairs of ``bags``.
 
@@ -127,6 +164,8 @@ def swap_shares(
     n_shifts : partners per case (3); seed : order of the pairs and the patch draw.
     n_patches : when given, every bag is first cut to this many patches
         (:func:`same_patch_count`), for per-patch targets.
+    within_class : pair only cases of the same class label (:func:`class_groups`; at least 2
+        cases per class), so the label never changes in a swap.
 
     Returns
     -------
@@ -134,7 +173,7 @@ def swap_shares(
     """
     if n_patches is not None:
         bags = same_patch_count(bags, n_patches, seed)
-    pairs = swap_pairs(len(bags), n_shifts, seed)
+    pairs = swap_pairs(len(bags), n_shifts, seed, class_groups(bags) if within_class else None)
     with torch.no_grad():
         base = [_as_float(targets(b), b.case_id) for b in bags]
         names = list(base[0])
@@ -169,9 +208,16 @@ def swap_shares(
 
 
 def model_swap_diagnostic(
-    model, bags: Sequence[Bag], *, n_shifts: int = 3, seed: int = 0, max_patches: int = 512
+    model,
+    bags: Sequence[Bag],
+    *,
+    n_shifts: int = 3,
+    seed: int = 0,
+    max_patches: int = 512,
+    within_class: bool = False,
 ) -> dict[str, SwapShare]:
-    """:func:`swap_shares` of ``model.distillation_targets`` (a trained teacher, set to eval mode).
+    """:func:`swap_shares` of ``model.distillation_targets`` (a trained teacher or a MoMKD model,
+    set to eval mode here); ``within_class`` pairs only cases of the same label.
 
     When a target's shape differs between cases (per-patch targets), every bag is first cut to
     ``min(max_patches, fewest patches of any bag)`` patches so they line up; per-case targets are
@@ -186,7 +232,8 @@ def model_swap_diagnostic(
     n_patches = None
     if any(s != shapes[0] for s in shapes[1:]):
         n_patches = min(max_patches, min(int(b.feats.shape[0]) for b in bags))
-    return swap_shares(fn, bags, n_shifts=n_shifts, seed=seed, n_patches=n_patches)
+    return swap_shares(fn, bags, n_shifts=n_shifts, seed=seed, n_patches=n_patches,
+                       within_class=within_class)
 
 
 def summarize_swaps(per_fold: Sequence[Mapping[str, Mapping[str, Mapping[str, float]]]]) -> dict:

@@ -1,26 +1,22 @@
-"""Memory diagnostics: how many components are used and how evenly (the paper's Fig. 3), and
-what the memory transfers (the swap diagnostic of its alignment targets).
+"""Memory diagnostics: how many components are used and how evenly (the paper's Fig. 3).
 
 Usage counts are the number of patches whose nearest own-class component is ``k``, accumulated
 over an epoch, ``(2, K)`` (row 0 = ``C-``, row 1 = ``C+``).
 
-:func:`memory_swap_shares` is the swap diagnostic of the distillation issue written for MoMKD
-(the generic ``histokd_core.train.swap`` had not landed when it was needed; same definition,
-plus pairs within a class, since a MoMKD case's label picks the memory it moves).
+What the memory transfers is measured by the generic swap diagnostic,
+:func:`histokd_core.train.swap.model_swap_diagnostic`, on
+:meth:`~histokd_core.methods.momkd.model.MoMKDModel.distillation_targets`; pass
+``within_class=True`` to hold the label fixed (a MoMKD case's label picks the memory it moves).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from histokd_core.bag import Bag
-from histokd_core.errors import HistoKDError
 from histokd_core.io import atomic_path
 
 
@@ -110,110 +106,3 @@ def plot_memory_diagnostics(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
-
-
-#: the slide-side fields of a :class:`~histokd_core.bag.Bag`; omics and label stay with the case.
-SLIDE_FIELDS = (
-    "feats", "coords", "slide_index", "patch_size", "feats_10x", "coords_10x", "slide_index_10x",
-)
-
-
-def memory_swap_shares(
-    model,
-    bags: Sequence[Bag],
-    *,
-    n_shifts: int = 3,
-    seed: int = 0,
-    max_patches: int = 512,
-    within_class: bool = False,
-) -> dict[str, dict[str, float]]:
-    """Swap diagnostic of MoMKD's memory alignment: how much of each of
-    ``model.distillation_targets`` follows the expression, how much the slide.
-
-    For pairs of cases ``(i, j)`` and every target ``f(slide, case)`` (the case brings its omics
-    and its label):
-
-    - ``e = sum |f(slide_i, case_j) - f(slide_i, case_i)|^2`` (expression swapped),
-    - ``s = sum |f(slide_j, case_i) - f(slide_i, case_i)|^2`` (slide swapped),
-    - ``t = sum |f(slide_j, case_j) - f(slide_i, case_i)|^2`` (between-case difference),
-
-    summed over pairs and elements. Pairs: the cases in a random order (``seed``), each with its
-    ``1 .. n_shifts``-th successor (cyclic); with ``within_class`` only cases of the same label are
-    paired (the label, which picks the memory a case updates, then never changes in a swap).
-    Per-patch targets are compared patch by patch: every bag is first cut to
-    ``min(max_patches, fewest patches)`` patches (a fixed draw, ``seed``).
-
-    Parameters
-    ----------
-    model : a trained :class:`~histokd_core.methods.momkd.MoMKDModel` (put in eval mode here).
-    bags : cases with omics and labels (at least 2 per group).
-
-    Returns
-    -------
-    target name -> ``{"expression": e / (e + s), "expression_vs_total": e / t,
-    "slide_vs_total": s / t, "n_pairs": ...}`` (NaN where a denominator is 0).
-    """
-    if max_patches < 1:
-        raise HistoKDError(f"max_patches must be >= 1, got {max_patches}")
-    groups = (
-        [[b for b in bags if int(b.label) == y] for y in sorted({int(b.label) for b in bags})]
-        if within_class
-        else [list(bags)]
-    )
-    n_keep = min(max_patches, min(int(b.feats.shape[0]) for b in bags))
-    gen = torch.Generator().manual_seed(seed)
-    model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    n_pairs = 0
-    for group in groups:
-        if len(group) < 2:
-            raise HistoKDError(
-                f"swap diagnostic needs at least 2 cases per group, got {len(group)}"
-            )
-        cut = [_cut(b, n_keep, gen) for b in group]
-        order = torch.randperm(len(cut), generator=gen).tolist()
-        shifts = range(1, min(n_shifts, len(cut) - 1) + 1)
-        base = [_targets(model, b) for b in cut]
-        for r in shifts:
-            for p, i in enumerate(order):
-                j = order[(p + r) % len(order)]
-                expr = _targets(model, _swap(cut[i], cut[j]))
-                slide = _targets(model, _swap(cut[j], cut[i]))
-                for k, ref in base[i].items():
-                    sums.setdefault(k, torch.zeros(3, dtype=torch.float64))
-                    sums[k] += torch.stack([
-                        ((expr[k] - ref) ** 2).sum(),
-                        ((slide[k] - ref) ** 2).sum(),
-                        ((base[j][k] - ref) ** 2).sum(),
-                    ])
-                n_pairs += 1
-    out = {}
-    for k, (e, s, t) in sums.items():
-        e, s, t = float(e), float(s), float(t)
-        out[k] = {
-            "expression": e / (e + s) if e + s > 0 else math.nan,
-            "expression_vs_total": e / t if t > 0 else math.nan,
-            "slide_vs_total": s / t if t > 0 else math.nan,
-            "n_pairs": n_pairs,
-        }
-    return out
-
-
-def _cut(bag: Bag, n: int, gen: torch.Generator) -> Bag:
-    idx = torch.randperm(int(bag.feats.shape[0]), generator=gen)[:n].sort().values
-    return dataclasses.replace(
-        bag,
-        feats=bag.feats[idx],
-        coords=bag.coords[idx],
-        slide_index=None if bag.slide_index is None else bag.slide_index[idx],
-    )
-
-
-def _swap(slide_from: Bag, case_from: Bag) -> Bag:
-    """The slide of ``slide_from`` with the case (id, omics, label) of ``case_from``."""
-    return dataclasses.replace(case_from, **{k: getattr(slide_from, k) for k in SLIDE_FIELDS})
-
-
-def _targets(model, bag: Bag) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", torch.float64)
-            for k, v in model.distillation_targets(bag).items()}

@@ -166,7 +166,7 @@ class MoMKDModel(BagModel):
     def distillation_targets(self, bag: Bag) -> dict[str, torch.Tensor]:
         """The memory alignment quantities of one case: what carries its expression towards the
         slide branch (for the swap diagnostic,
-        :func:`histokd_core.methods.momkd.diagnostics.memory_swap_shares`).
+        :func:`histokd_core.train.swap.model_swap_diagnostic`).
 
         MoMKD's omics and slide branches meet only in the class memory, so the expression can
         reach the slide branch only by moving the memory. Needs the bag's omics and label; uses
