@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from test_train import info_for, make_bags
 
@@ -125,3 +126,36 @@ def test_run_cv_classification(tmp_path):
     assert set(m["folds"][0]["test"]["omics_only"]) == {"auc", "acc", "f1"}
     assert set(m["summary"]["omics_only"]) == {"auc_mean", "auc_std", "acc_mean", "f1_mean"}
     assert not (tmp_path / "run" / "km.png").exists()
+
+
+def test_a_stage_trains_alike_whatever_stages_come_before_it(tmp_path):
+    # each stage's random stream depends on (seed, fold, stream name) only, so adding a stage
+    # before it (here abmil before omics_only) leaves its weights and its predictions unchanged
+    data = TinyCohort(n_folds=2)
+    alone = run_cv(METHOD, {"models": ["omics_only"]}, data, tmp_path / "a", cfg())
+    after = run_cv(METHOD, {"models": ["abmil", "omics_only"]}, data, tmp_path / "b", cfg())
+    for fa, fb in zip(alone.metrics["folds"], after.metrics["folds"]):
+        assert fa["test"]["omics_only"] == fb["test"]["omics_only"]
+
+
+def test_ablation_shares_the_random_stream_of_its_full_model():
+    from histokd_core.methods.amkd import Config, stages
+    from histokd_core.train.trainer import seed_everything, stage_seed
+
+    by_name = {s.name: s for s in stages(Config(dim=8, heads=1, dim_head=4, pathway_hidden=8))}
+    assert by_name["student_no_kd"].stream == by_name["student"].stream == "student"
+    assert by_name["abmil"].stream == "abmil"
+    assert stage_seed(0, 1, "student") != stage_seed(0, 1, "abmil")
+    assert stage_seed(0, 1, "student") != stage_seed(0, 2, "student")
+    from histokd_core.bag import DataInfo
+
+    info = DataInfo(task="survival", feat_dim=8, n_genes=12,
+                    pathways=[[0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10, 11]])
+    models = []
+    for name in ("student", "student_no_kd"):
+        seed_everything(stage_seed(0, 1, by_name[name].stream))
+        models.append(by_name[name].build(info, {"teacher": by_name["teacher"].build(info, {})}))
+    own = [{k: v for k, v in m.state_dict().items() if not k.startswith("teacher.")}
+           for m in models]
+    assert own[0].keys() == own[1].keys()
+    assert all(torch.equal(own[0][k], own[1][k]) for k in own[0])

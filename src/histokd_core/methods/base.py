@@ -137,9 +137,18 @@ class Stage:
     ``build(info, trained)`` returns a fresh model; ``trained`` maps names of stages already
     trained in this fold to their (frozen, eval-mode) models, so a student can get its teacher.
     ``requires`` names those stages. ``report`` says whether the stage appears in metrics.json.
+    ``seed_key`` (default: the name) names the stage's random stream: stages that share it start
+    from the same state in a fold (an ablation and its full model: the same initial weights and
+    the same draws, so their paired difference shows the ablated part, not the initialisation).
     """
 
     name: str
     build: Callable[[DataInfo, dict[str, BagModel]], BagModel]
     requires: tuple[str, ...] = ()
     report: bool = True
+    seed_key: str = ""
+
+    @property
+    def stream(self) -> str:
+        """The name of the stage's random stream (``seed_key`` or the stage's name)."""
+        return self.seed_key or self.name

@@ -46,7 +46,7 @@ from histokd_core.train.evaluation import Outputs, predict_bags, score
 from histokd_core.train.swap import model_swap_diagnostic, summarize_swaps
 from histokd_core.train.plots import plot_history
 from histokd_core.train.results import pick_km_model, pooled_km, summarize, write_predictions
-from histokd_core.train.trainer import TrainConfig, Trainer, seed_everything
+from histokd_core.train.trainer import TrainConfig, Trainer, seed_everything, stage_seed
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,9 @@ def run_cv(
                 raise HistoKDError(
                     f"stage {stage.name!r} requires {missing}, not trained before it"
                 )
-            # initial weights depend only on (seed, fold, stage): a resumed run rebuilds them alike
-            seed_everything(train_config.seed + 1000 * fold + stage_no)
+            # initial weights depend only on (seed, fold, stage stream), not on the stages before:
+            # a resumed run rebuilds them alike, and adding a stage leaves the others unchanged
+            seed_everything(stage_seed(train_config.seed, fold, stage.stream))
             model = stage.build(fd.info, dict(trained))
             meta = _stage_meta(method_name, config, stage.name, fold, fd.info, train_config)
             final = fold_dir / f"{stage.name}.safetensors"

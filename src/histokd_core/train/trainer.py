@@ -11,6 +11,7 @@ import math
 import os
 import random
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def stage_seed(seed: int, fold: int, stream: str) -> int:
+    """Seed of one stage's random stream in one fold: a function of the run's seed, the fold and
+    the stream's name only (CRC-32 of the name, so it is the same in every Python process)."""
+    return (seed * 1_000_003 + fold * 10_007 + zlib.crc32(stream.encode())) % 2**31
 
 
 def make_batches(n: int, batch_size: int, generator: torch.Generator, task: str) -> list[list[int]]:

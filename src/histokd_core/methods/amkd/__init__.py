@@ -148,7 +148,7 @@ def stages(config: Config) -> list[Stage]:
         Stage("teacher", build_teacher),
         *cross_fit,
         Stage("student", build_student, requires=(source,)),
-        Stage("student_no_kd", build_student_no_kd),
+        Stage("student_no_kd", build_student_no_kd, seed_key="student"),
         Stage("abmil", build_abmil),
         Stage("omics_only", build_omics_only),
     ]

@@ -130,7 +130,7 @@ def stages(config: Config) -> list[Stage]:
         Stage("teacher", build_teacher),
         *([Stage("teacher_cf", build_teacher_cf, report=False)] if source == "teacher_cf" else []),
         Stage("student", build_student, requires=(source,)),
-        Stage("student_no_kd", build_no_kd),
+        Stage("student_no_kd", build_no_kd, seed_key="student"),
     ]
     builders = {"abmil": build_abmil, "omics_only": build_omics}
     out.extend(Stage(name, builders[name]) for name in config.baselines)
