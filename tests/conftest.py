@@ -38,6 +38,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def cohort_dir(tmp_path_factory) -> Path:
+    """A synthetic feature cohort on disk (24 cases, 12 patches each, 8-d features, omics, gene sets)."""
+    from histokd_core.synthetic.cohort import make_feature_cohort
+
+    root = tmp_path_factory.mktemp("cli") / "cohort"
+    make_feature_cohort(root, n_cases=24, n_patches=12, feat_dim=8, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def run_dir(cohort_dir, tmp_path_factory) -> Path:
+    """A ``histokd train`` run of the baselines (abmil, omics_only) on ``cohort_dir``: 3 folds, 2 epochs."""
+    from histokd_core.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    rc = main(["train", "--method", "baselines", "--cohort", str(cohort_dir / "cohort.csv"),
+               "--features", str(cohort_dir / "features"), "--omics", str(cohort_dir / "omics.csv"),
+               "--gene-sets", str(cohort_dir / "gene_sets.gmt"), "--out", str(out), "--folds", "3",
+               "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--device", "cpu", "--threads", "1"])
+    assert rc == 0
+    return out
+
+
 CMU_SVS = "slides/CMU-1-Small-Region.svs"
 
 

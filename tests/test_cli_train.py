@@ -1,4 +1,5 @@
-"""``histokd train / predict / evaluate`` on a small synthetic feature cohort written to disk."""
+"""``histokd train / predict / evaluate`` on a small synthetic feature cohort written to disk
+(``cohort_dir`` and its trained run ``run_dir``: fixtures of conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,51 +12,6 @@ import pytest
 from histokd_core.cli import main
 
 METHOD = "baselines"
-
-
-@pytest.fixture(scope="module")
-def cohort_dir(tmp_path_factory):
-    from histokd_core.synthetic.cohort import make_feature_cohort
-
-    root = tmp_path_factory.mktemp("cli") / "cohort"
-    make_feature_cohort(root, n_cases=24, n_patches=12, feat_dim=8, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(cohort_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    rc = main(
-        [
-            "train",
-            "--method",
-            METHOD,
-            "--cohort",
-            str(cohort_dir / "cohort.csv"),
-            "--features",
-            str(cohort_dir / "features"),
-            "--omics",
-            str(cohort_dir / "omics.csv"),
-            "--gene-sets",
-            str(cohort_dir / "gene_sets.gmt"),
-            "--out",
-            str(out),
-            "--folds",
-            "3",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--lr",
-            "1e-3",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ]
-    )
-    assert rc == 0
-    return out
 
 
 def test_train_writes_run(run_dir, capsys):

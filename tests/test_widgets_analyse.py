@@ -286,11 +286,22 @@ def test_colour_bar_has_the_unit_and_range_of_the_map(make_napari_viewer, traine
     assert att.colorbar.visible and not w.layers["pathway"].colorbar.visible
     assert att.colormap.colors[0][3] == 0.0  # transparent at the low end
     assert "relative to uniform" in w.legend_note.text()
+    # napari's own colour bar has a caption over it on the canvas: the map, its unit and range
+    caption = viewer.canvas.overlays.text
+    assert caption.visible and caption.position == "top_right"
+    assert caption.text.splitlines() == ["attention", att.metadata["scale"]["label"]]
+    assert "x uniform (1/n): 0 to" in caption.text
+    # a pathway map: its signed score in words
+    w.show_pathway("HALLMARK_APOPTOSIS")
+    assert caption.text.startswith("pathway HALLMARK_APOPTOSIS, score +0.7 (raises risk)")
     # the memory map is a cosine similarity on a symmetric, diverging scale
     w.show_map("memory")
     lo, hi = w.layers["memory"].contrast_limits
     assert lo == -hi and w.colourbar.caption() == "cosine similarity"
     assert w.layers["memory"].colorbar.visible and not att.colorbar.visible
+    assert "cosine similarity" in caption.text and "-1 opposite" in caption.text
+    w.show_map("clusters:tumor")
+    assert not caption.visible  # a cluster map has no colour bar
     # the CMU case: 35 patches with attention 0.0275..0.0295 is flagged, not stretched
     flat = np.linspace(0.0275, 0.0295, 35)
     flat_expl = E(coords=expl.coords[:35], patch_size=P, attention=flat / flat.sum())
@@ -538,3 +549,88 @@ def test_fine_map_option_adds_one_multiscale_layer(make_napari_viewer, qtbot, tr
         checked += 1
     assert checked > 0
     assert np.nanmax(level0) <= fine.contrast_limits[1] + 1e-4
+
+
+@pytest.fixture
+def cohort_dock(make_napari_viewer, run_dir, cohort_dir):
+    """The Analyse dock on a viewer with a stand-in slide layer, the checkpoint of ``run_dir`` and
+    the features of ``cohort_dir``; its "all slides of this run" panel with the cohort table."""
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="stand-in slide", rgb=True)
+    w = AnalyseWidget(viewer)
+    w.mpp.setValue(MPP)
+    w.checkpoint.setText(str(run_dir / "fold_0" / "abmil.safetensors"))
+    w.features.setText(str(cohort_dir / "features"))
+    w.device.setCurrentText("cpu")
+    w.cohort_maps.cohort.setText(str(cohort_dir / "cohort.csv"))
+    w.cohort_maps.workers.setValue(1)
+    return SimpleNamespace(viewer=viewer, w=w, panel=w.cohort_maps)
+
+
+def test_all_slides_of_the_run_then_one_cohort_colour_scale_on_two_slides(cohort_dock, qtbot, run_dir,
+                                                                           cohort_dir, tmp_path):
+    """"All slides of this run" predicts every slide of the cohort in a worker (progress per
+    slide), shows the summary and the output folder; the cohort colour scale then gives two
+    slides the same range (the run's, from its test cases) and its unit shows on the canvas."""
+    import json
+
+    import pandas as pd
+
+    w, panel = cohort_dock.w, cohort_dock.panel
+    assert panel.run.text() == str(run_dir)  # from the checkpoint
+    panel.maps.setText(str(tmp_path / "maps"))
+    progress = []
+    panel.signals.progress.connect(lambda f, m: progress.append(m))
+    assert panel.start() is not None
+    qtbot.waitUntil(panel.run_btn.isEnabled, timeout=180_000)
+    slides = list(pd.read_csv(cohort_dir / "cohort.csv", dtype=str)["slide_id"])
+    assert panel.result is not None and panel.result.ok, panel.status.text()
+    assert f"{len(slides)} slide(s): {len(slides)} predicted" in panel.summary.text()
+    assert "0 failed" in panel.summary.text() and "FAILED" not in panel.summary.text()
+    assert str((tmp_path / "maps").resolve()) in panel.output.text()
+    assert sum(f"/{len(slides)})" in m for m in progress) == len(slides)  # one report per slide
+    scale = json.loads((tmp_path / "maps" / "colour_scale.json").read_text())["attention"]
+
+    w.scale_mode.setCurrentText("cohort")
+    limits = []
+    for slide_id in slides[:2]:
+        w.slide_id.setText(slide_id)
+        w.analysis = None
+        run_analysis(w, qtbot, 60_000)
+        limits.append(list(w.layers["attention"].contrast_limits))
+        assert w.layers["attention"].metadata["scale"]["mode"] == "cohort"
+    assert limits[0] == limits[1] == pytest.approx([scale["low"], scale["high"]])
+    caption = cohort_dock.viewer.canvas.overlays.text
+    assert caption.visible and "x uniform (1/n)" in caption.text and "cohort scale" in caption.text
+
+
+def test_all_slides_cancel_stops_at_once_and_reports_every_slide(cohort_dock, qtbot, cohort_dir, tmp_path):
+    """Cancel after the first slide: the worker ends within a second, every slide not finished is
+    in the summary as cancelled (none dropped), and the finished ones are kept."""
+    import time
+
+    import pandas as pd
+    from qtpy.QtCore import Qt
+
+    panel = cohort_dock.panel
+    panel.maps.setText(str(tmp_path / "maps"))
+    asked = []
+
+    def cancel_after_first_slide(frac: float, message: str):
+        if "(1/" in message and not asked:
+            asked.append(time.perf_counter())
+            panel.cancel()
+
+    # direct: the cancel happens in the worker thread as the first slide is reported
+    panel.signals.progress.connect(cancel_after_first_slide, Qt.ConnectionType.DirectConnection)
+    assert panel.start() is not None
+    qtbot.waitUntil(panel.run_btn.isEnabled, timeout=120_000)
+    stopped = time.perf_counter()
+    assert asked and stopped - asked[0] < 1.0, f"{stopped - asked[0]:.2f} s"
+    n = len(pd.read_csv(cohort_dir / "cohort.csv"))
+    summary = pd.read_csv(tmp_path / "maps" / "summary.csv")
+    assert len(summary) == n and (summary["reason"] == "cancelled").sum() >= 1
+    assert (summary["status"] == "done").sum() >= 1
+    assert "cancelled" in panel.status.text() and "FAILED" in panel.summary.text()

@@ -33,8 +33,8 @@ def napari_colormap(scale: MapScale):
 
 
 def scale_metadata(scale: MapScale) -> dict[str, Any]:
-    """What the dock's legend shows for a map: unit, range, mode, meaning, near-uniform note."""
-    return {"unit": scale.unit, "low": scale.low, "high": scale.high, "mode": scale.mode,
+    """What the dock's legend shows for a map: kind, unit, range, mode, meaning, near-uniform note."""
+    return {"kind": scale.kind, "unit": scale.unit, "low": scale.low, "high": scale.high, "mode": scale.mode,
             "meaning": scale.meaning, "note": scale.note, "near_uniform": scale.near_uniform,
             "label": scale.label}
 
@@ -44,11 +44,24 @@ def _raster_meta(raster, world_mpp: float) -> dict[str, Any]:
             "origin_xy": raster.origin_xy, "world_mpp": world_mpp}
 
 
+def layer_scale(display, kind: MapKind, mode: ScaleMode, map_name: str,
+                cohort: dict[str, MapScale] | None = None) -> MapScale:
+    """:func:`~histokd_core.explain.colour.map_scale` of one map; the ``cohort`` mode takes the
+    run's scale of ``map_name`` (``"attention"``, ``"pathway:<name>"``, ``"memory:<component>"``)
+    from ``cohort`` (:func:`~histokd_core.workflows.predict_cohort.run_colour_scales`)."""
+    from histokd_core.errors import DataError
+
+    if mode == "cohort" and map_name not in (cohort or {}):
+        raise DataError(f"cohort colour scale: the run's cohort maps have no {map_name!r} map "
+                        "(predict all slides of this run with this model first)")
+    return map_scale(display, kind, mode, (cohort or {}).get(map_name))
+
+
 def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, map_kind: MapKind,
-             stride, mode: ScaleMode, cohort: dict[str, MapScale] | None):
+             stride, mode: ScaleMode, cohort: dict[str, MapScale] | None, map_name: str):
     display = to_display(values, map_kind, n_patches=len(expl.coords))
     raster = rasterize(expl.coords, display, expl.patch_size, stride=stride)
-    scale = map_scale(display, map_kind, mode, (cohort or {}).get(map_kind))
+    scale = layer_scale(display, map_kind, mode, map_name, cohort)
     kwargs = {
         "name": name,
         "colormap": napari_colormap(scale),
@@ -57,7 +70,7 @@ def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, 
         "blending": "translucent",
         "interpolation2d": "nearest",
         "metadata": {"histokd_kind": kind, "map_kind": map_kind, "scale": scale_metadata(scale),
-                     **_raster_meta(raster, world_mpp)},
+                     "cohort_scales": cohort, **_raster_meta(raster, world_mpp)},
         **raster.transform(world_mpp).as_kwargs(),
     }
     return raster, (raster.grid.astype(np.float32), kwargs, "image")
@@ -100,8 +113,9 @@ def explanation_layers(
     holds all ``(K, rows, cols)``, ``metadata["component"]`` the one shown); ``top patches`` Points of the main map
     (``metadata["top"]`` holds every map's ranked patches; the widget shows one map at a time).
     Every heatmap carries ``metadata["scale"]`` (:func:`scale_metadata`) and a colormap from
-    :mod:`histokd_core.explain.colour`, with ``scale_mode`` (``cohort`` takes a scale per map
-    kind in ``cohort``). Only the main map (:data:`MAIN_MAPS`) is visible. ``units`` (the slide
+    :mod:`histokd_core.explain.colour`, with ``scale_mode`` (``cohort`` takes each map's scale
+    from ``cohort``, keyed by map name: ``"attention"``, ``"pathway:<name>"``,
+    ``"memory:<component>"``; the memory layer spans the widest of its components' ranges). Only the main map (:data:`MAIN_MAPS`) is visible. ``units`` (the slide
     layer's, e.g. ``("micrometer", "micrometer")``) are given to every layer so napari keeps
     physical units.
     """
@@ -109,14 +123,14 @@ def explanation_layers(
     p = f"{prefix} " if prefix else ""
     if expl.attention is not None:
         _, layer = _heatmap(expl, expl.attention, f"{p}attention", world_mpp, "attention", "attention",
-                            stride, scale_mode, cohort)
+                            stride, scale_mode, cohort, "attention")
         layers.append(layer)
     if expl.pathway_maps:
         grids = pathway_grids(expl, stride)
         first = next(iter(grids))
         _, (data, kwargs, kind) = _heatmap(
             expl, expl.pathway_maps[first], f"{p}pathway", world_mpp, "pathway", "attention", stride,
-            scale_mode, cohort,
+            scale_mode, cohort, f"pathway:{first}",
         )
         kwargs["metadata"].update(pathway_grids=grids, pathway=first,
                                   pathway_scores={n: float(expl.pathway_scores.get(n, np.nan)) for n in grids})
@@ -141,8 +155,7 @@ def explanation_layers(
         rasters = [rasterize(expl.coords, row, expl.patch_size, stride=stride) for row in mem]
         t = rasters[0].transform(world_mpp)
         names = expl.memory_names or [f"component {i}" for i in range(len(mem))]
-        scale = map_scale(mem, "similarity", scale_mode,
-                          (cohort or {}).get("similarity"))
+        scale = _memory_scale(mem, names, scale_mode, cohort)
         grids = np.stack([r.grid for r in rasters]).astype(np.float32)
         layers.append((grids[0], {
             "name": f"{p}memory: {names[0]}",
@@ -152,7 +165,7 @@ def explanation_layers(
             "blending": "translucent",
             "interpolation2d": "nearest",
             "metadata": {"histokd_kind": "memory", "memory_names": names, "map_kind": "similarity",
-                         "memory_grids": grids, "component": 0,
+                         "memory_grids": grids, "component": 0, "cohort_scales": cohort,
                          "scale": scale_metadata(scale), **_raster_meta(rasters[0], world_mpp)},
             **t.as_kwargs(),
         }, "image"))
@@ -180,6 +193,17 @@ def explanation_layers(
     return layers
 
 
+def _memory_scale(mem: np.ndarray, names: list[str], mode: ScaleMode,
+                  cohort: dict[str, MapScale] | None) -> MapScale:
+    """One similarity scale for every memory component (the layer shows one at a time): the
+    slide's over all components, or the widest of the components' cohort scales."""
+    if mode != "cohort":
+        return map_scale(mem, "similarity", mode)
+    widest = max((layer_scale(row, "similarity", mode, f"memory:{n}", cohort) for n, row in zip(names, mem)),
+                 key=lambda s: s.high)
+    return map_scale(mem, "similarity", mode, widest)
+
+
 def _main_top(top: dict[str, list[int]], main: str | None, layers: list[LayerData]) -> str:
     """Which map's top patches to show first: the main map's (the top pathway for a pathway map,
     the first component for memory), else the first listed."""
@@ -205,7 +229,7 @@ def top_patch_points(expl: Explanation, indices: list[int], name: str, world_mpp
 
 
 def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tuple[str, str] | None = None,
-                   scale_mode: ScaleMode = "slide") -> LayerData:
+                   scale_mode: ScaleMode = "slide", cohort: dict[str, MapScale] | None = None) -> LayerData:
     """One multiscale image layer of a fine (overlap-averaged) map.
 
     ``fine`` is a :class:`~histokd_core.workflows.fine_maps.FineMaps`; ``key`` one of its map names
@@ -224,7 +248,7 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
     else:
         per_patch = expl.memory[list(expl.memory_names).index(key.split(":", 1)[1])]
     display = to_display(per_patch, kind, n)
-    scale = map_scale(display, kind, scale_mode)
+    scale = layer_scale(display, kind, scale_mode, key, cohort)
     factor = float(n) if kind == "attention" else 1.0
     levels = [lvl * np.float32(factor) for lvl in fmap.levels]
     p = f"{prefix} " if prefix else ""

@@ -92,6 +92,17 @@ def map_kind(name: str) -> str:
     raise DataError(f"map {name!r} has no colour scale (cluster maps are classes, not scores)")
 
 
+def run_of_checkpoint(checkpoint: str | os.PathLike) -> tuple[Path, str] | None:
+    """``(run directory, stage)`` of a checkpoint saved in a run (``RUN/fold_<k>/<stage>.safetensors``
+    beside ``RUN/config.yaml``), None for a checkpoint outside a run."""
+    path = Path(checkpoint)
+    run = path.parent.parent
+    if (path.suffix != ".safetensors" or not path.parent.name.startswith("fold_")
+            or not (run / "config.yaml").is_file()):
+        return None
+    return run, path.name[: -len(".safetensors")]
+
+
 def _fold_of_cases(run: Path, folds: Sequence[int], stage: str) -> dict[str, int]:
     import pandas as pd
 
@@ -472,7 +483,10 @@ def predict_cohort_maps(
                     rows[j["slide_id"]].update(status="failed", reason=f"PNG: {outcome['error']}")
     finally:
         client.close()
-        if cluster is not None:
+        if cluster is not None and token.cancelled():
+            # a busy worker takes seconds to stop: close the cluster behind the returned summary
+            threading.Thread(target=cluster.close, name="histokd-close-cluster", daemon=True).start()
+        elif cluster is not None:
             cluster.close()
     for job in jobs:  # cancelled: a slide not finished is reported, never dropped
         rows.setdefault(job["slide_id"], _row(job, "failed", "cancelled"))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from histokd_core.errors import HistoKDError
 from napari_histokd._reader import NO_MPP_SUFFIX
@@ -23,6 +24,19 @@ class WorkerSignals(QObject):
 
     progress = Signal(float, str)
     metrics = Signal(dict)
+
+
+def path_row(edit: QLineEdit, pick, parent: QWidget) -> QWidget:
+    """``edit`` with a "..." button beside it that calls ``pick`` (a file or folder dialog)."""
+    row = QWidget(parent)
+    lay = QHBoxLayout(row)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit)
+    btn = QPushButton("...", row)
+    btn.setFixedWidth(28)
+    btn.clicked.connect(pick)
+    lay.addWidget(btn)
+    return row
 
 
 def notify_error(exc: BaseException, what: str) -> str:

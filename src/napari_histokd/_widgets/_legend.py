@@ -1,7 +1,7 @@
-"""A colour bar for the dock: the shown map's colour table, its range and its unit, drawn with Qt.
-
-napari's own layer colour bar (``layer.colorbar``) is turned on as well, but it has no unit or
-title; this one says what the colours mean.
+"""Colour bars: one in the dock (the shown map's colour table, its range and its unit, drawn with
+Qt), and napari's own on the canvas (``layer.colorbar``, ticks only) with a caption above it
+(napari's text overlay, tiled with the colour bar in the top-right corner) naming the map, its unit
+and its range, so a screenshot of the canvas alone still says what the colours mean.
 """
 
 from __future__ import annotations
@@ -10,6 +10,34 @@ import numpy as np
 from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QLinearGradient, QPainter, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
+
+#: what a signed or similarity map's sign means, added to the canvas caption.
+SIGN_HINTS = {"signed": "+ raises the prediction, - lowers it",
+              "similarity": "1 same as the component, 0 unrelated, -1 opposite"}
+
+
+def canvas_caption(title: str, scale: dict) -> str:
+    """The caption over napari's colour bar: the map, then its unit and range (a layer's
+    ``metadata["scale"]``, see :func:`napari_histokd._layers.scale_metadata`), then the sign's
+    meaning for signed maps, e.g. ``"attention\nx uniform (1/n): 0 to 2 (slide scale)"``."""
+    lines = [title, scale["label"]]
+    if scale.get("kind") in SIGN_HINTS:
+        lines.append(SIGN_HINTS[scale["kind"]])
+    return "\n".join(lines)
+
+
+def show_canvas_caption(viewer, text: str | None) -> None:
+    """Show ``text`` in the canvas's top-right corner, beside the layers' colour bars (None hides
+    it). It is the canvas's text overlay: the dock owns it while an analysis is shown."""
+    canvas = getattr(viewer, "canvas", None)  # napari >= 0.9; before, viewer.text_overlay
+    overlay = canvas.overlays.text if canvas is not None else viewer.text_overlay
+    if text is None:
+        overlay.visible = False
+        return
+    overlay.text = text
+    overlay.position = "top_right"
+    overlay.font_size = 10
+    overlay.visible = True
 
 #: light H&E-like background drawn behind the bar, so transparency reads as it does on a slide.
 BACKGROUND = QColor(236, 214, 226)

@@ -42,9 +42,11 @@ from napari_histokd._widgets._common import (
     apply_mpp,
     mpp_hint,
     notify_error,
+    path_row,
     slide_layers,
 )
-from napari_histokd._widgets._legend import ColourBar
+from napari_histokd._widgets._legend import ColourBar, canvas_caption, show_canvas_caption
+from napari_histokd._widgets.cohort_maps import CohortMapsPanel
 
 if TYPE_CHECKING:
     import napari
@@ -55,18 +57,6 @@ TOP_K = 8
 ZOOM_SCREEN_PX = 600.0
 #: pathway names longer than this are shortened in the list (full name on hover).
 NAME_CHARS = 34
-
-
-def _path_row(edit: QLineEdit, pick, parent: QWidget) -> QWidget:
-    row = QWidget(parent)
-    lay = QHBoxLayout(row)
-    lay.setContentsMargins(0, 0, 0, 0)
-    lay.addWidget(edit)
-    btn = QPushButton("...", row)
-    btn.setFixedWidth(28)
-    btn.clicked.connect(pick)
-    lay.addWidget(btn)
-    return row
 
 
 def default_extract_dir() -> Path:
@@ -81,6 +71,8 @@ def remove_analysis_layers(viewer: napari.Viewer) -> int:
     old = [layer for layer in viewer.layers if layer.metadata.get("histokd_analysis")]
     for layer in old:
         viewer.layers.remove(layer)
+    if old:
+        show_canvas_caption(viewer, None)
     return len(old)
 
 
@@ -91,18 +83,20 @@ def add_analysis_layers(
     units: tuple[str, str] | None = None,
     slide_mpp: float | None = None,
     scale_mode: str = "slide",
+    cohort: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Replace the previous run's overlays by those of ``analysis``; returns layers by kind.
 
     ``world_mpp`` is the slide layer's world units per level-0 pixel (its scale); ``slide_mpp``
     the slide's microns per pixel, None when unknown (kept in each layer's metadata for exports,
-    which then give no physical areas). Only the main map is visible; cluster layers are
-    read-only (no paint tools)."""
+    which then give no physical areas). ``cohort``: the run's colour scales by map name, for
+    ``scale_mode="cohort"``. Only the main map is visible; cluster layers are read-only (no paint
+    tools)."""
     remove_analysis_layers(viewer)
     added: dict[str, Any] = {}
     prefix = analysis.slide_id
     for data, kwargs, kind in explanation_layers(analysis.explanation, world_mpp, prefix=prefix, units=units,
-                                                 scale_mode=scale_mode):
+                                                 scale_mode=scale_mode, cohort=cohort):
         kwargs["metadata"].update(explanation=analysis.explanation, slide_path=analysis.slide_path,
                                   slide_mpp=slide_mpp, histokd_analysis=True)
         layer = getattr(viewer, f"add_{kind}")(data, **kwargs)
@@ -114,12 +108,19 @@ def add_analysis_layers(
     return added
 
 
-def analyse_with_fine_maps(stride_div: int, min_tissue: float, progress=None, cancel=None, **kwargs):
+def analyse_with_fine_maps(stride_div: int, min_tissue: float, progress=None, cancel=None,
+                           cohort_maps: str | None = None, **kwargs):
     """:func:`~histokd_core.workflows.analyse_slide`, then (``stride_div`` 2 or 4) the fine
     overlap-averaged maps of :func:`~histokd_core.workflows.fine_maps.fine_maps_slide`, their
-    features kept in ``<extract_to>/heatmaps``. Returns ``(Analysis, FineMaps or None)``; progress
-    fractions are split between the two."""
+    features kept in ``<extract_to>/heatmaps``. Returns ``(Analysis, FineMaps or None, scales)``:
+    ``scales`` the run's cohort-wide colour scales read from the cohort-maps folder ``cohort_maps``
+    (:func:`~histokd_core.workflows.predict_cohort.run_colour_scales`; read first, so a missing
+    folder fails before any work), None without it. Progress fractions are split between the
+    analysis and the fine maps."""
     from histokd_core.progress import ProgressEvent
+    from histokd_core.workflows.predict_cohort import run_colour_scales
+
+    scales = run_colour_scales(cohort_maps) if cohort_maps else None
 
     def part(lo: float, hi: float, label: str = ""):
         if progress is None:
@@ -127,7 +128,7 @@ def analyse_with_fine_maps(stride_div: int, min_tissue: float, progress=None, ca
         return lambda e: progress(ProgressEvent("message", lo + (hi - lo) * e.fraction, label + e.message))
 
     if not stride_div:
-        return analyse_slide(progress=progress, cancel=cancel, **kwargs), None
+        return analyse_slide(progress=progress, cancel=cancel, **kwargs), None, scales
     from histokd_core.workflows.fine_maps import fine_maps_slide
 
     analysis = analyse_slide(progress=part(0.0, 0.5), cancel=cancel, **kwargs)
@@ -137,7 +138,7 @@ def analyse_with_fine_maps(stride_div: int, min_tissue: float, progress=None, ca
                            stride_div=stride_div, min_tissue=min_tissue, mpp=kwargs.get("mpp"),
                            slide_id=kwargs.get("slide_id"), device=kwargs.get("device", "auto"),
                            progress=part(0.5, 1.0, "fine map: "), cancel=cancel)
-    return analysis, fine
+    return analysis, fine, scales
 
 
 def read_only(layer) -> None:
@@ -202,7 +203,7 @@ class AnalyseWidget(QWidget):
         self.device = QComboBox(self)
         self.device.addItems(["auto", "cpu", "cuda"])
         self.scale_mode = QComboBox(self)
-        self.scale_mode.addItems(["slide", "fixed"])
+        self.scale_mode.addItems(["slide", "fixed", "cohort"])
         self.fine = QComboBox(self)
         self.fine.addItem("off: one square per patch", 0)
         self.fine.addItem("overlapping patches, stride patch/2", 2)
@@ -216,7 +217,9 @@ class AnalyseWidget(QWidget):
         self.fine_tissue.setValue(0.1)
         self.fine_tissue.setToolTip("minimum tissue fraction of a heatmap patch (the training grid keeps 0.5)")
         self.scale_mode.setToolTip("slide: colour range from this slide (never stretched below 2x uniform); "
-                                   "fixed: the same range for every slide (attention 0-4x uniform)")
+                                   "fixed: the same range for every slide (attention 0-4x uniform); "
+                                   "cohort: the run's range from its test cases, the same for every "
+                                   "slide (from 'all slides of this run' below: predict them first)")
         self.run_btn = QPushButton("Analyse", self)
         self.cancel_btn = QPushButton("Cancel", self)
         self.cancel_btn.setEnabled(False)
@@ -241,16 +244,17 @@ class AnalyseWidget(QWidget):
         self.clusters_legend.setWordWrap(True)
         self.clusters_legend.setTextFormat(Qt.TextFormat.RichText)
         self.component = QComboBox(self)
+        self.cohort_maps = CohortMapsPanel(self.checkpoint, self.features, self.device, self)
 
         form = QFormLayout()
         form.addRow("slide layer", self.slide)
         form.addRow("slide um/px", self.mpp)
         form.addRow("", self.mpp_hint)
-        form.addRow("checkpoint", _path_row(self.checkpoint, self._pick_checkpoint, self))
-        form.addRow("features", _path_row(self.features, self._pick_features, self))
+        form.addRow("checkpoint", path_row(self.checkpoint, self._pick_checkpoint, self))
+        form.addRow("features", path_row(self.features, self._pick_features, self))
         form.addRow("slide id", self.slide_id)
         form.addRow(self.extract_now)
-        form.addRow("extract to", _path_row(self.extract_to, self._pick_extract_to, self))
+        form.addRow("extract to", path_row(self.extract_to, self._pick_extract_to, self))
         form.addRow("device", self.device)
         form.addRow("colour scale", self.scale_mode)
         form.addRow("fine map", self.fine)
@@ -279,6 +283,9 @@ class AnalyseWidget(QWidget):
         layout.addWidget(self.clusters_legend)
         layout.addWidget(QLabel("<b>memory component</b>", self))
         layout.addWidget(self.component)
+        layout.addWidget(QLabel("<b>all slides of this run</b> (maps of every slide of a cohort "
+                                "with this checkpoint's run, one colour scale)", self))
+        layout.addWidget(self.cohort_maps)
         layout.addStretch(1)
 
         self.run_btn.clicked.connect(self.start)
@@ -364,9 +371,17 @@ class AnalyseWidget(QWidget):
             mpp=mpp,
         )
         scale_mode = self.scale_mode.currentText()
+        cohort_maps = None
+        if scale_mode == "cohort":
+            cohort_maps = self.cohort_maps.maps_dir()
+            if cohort_maps is None:
+                self.status.setText(notify_error(ValueError(
+                    "cohort colour scale: predict all slides of this run first (section below)"), "Analyse"))
+                return None
         self._cancel.reset()
         worker = create_worker(
             analyse_with_fine_maps, int(self.fine.currentData() or 0), self.fine_tissue.value(), **kwargs,
+            cohort_maps=str(cohort_maps) if cohort_maps else None,
             progress=lambda event: self.signals.progress.emit(event.fraction, event.message),
             cancel=self._cancel,
             _start_thread=False,
@@ -401,15 +416,16 @@ class AnalyseWidget(QWidget):
 
     def _on_done(self, result, world_mpp: float, units: tuple[str, str] | None = None,
                  slide_mpp: float | None = None, scale_mode: str = "slide"):
-        analysis, fine = result
+        analysis, fine, cohort = result
         self.analysis = analysis
-        self.layers = add_analysis_layers(self.viewer, analysis, world_mpp, units, slide_mpp, scale_mode)
+        self.layers = add_analysis_layers(self.viewer, analysis, world_mpp, units, slide_mpp, scale_mode,
+                                          cohort)
         if fine is not None:
-            self.add_fine_layer(fine, world_mpp, units, scale_mode)
+            self.add_fine_layer(fine, world_mpp, units, scale_mode, cohort)
         self.show_results()
         self.status.setText(f"{analysis.slide_id}: {len(analysis.explanation.coords)} patches")
 
-    def add_fine_layer(self, fine, world_mpp: float, units=None, scale_mode: str = "slide"):
+    def add_fine_layer(self, fine, world_mpp: float, units=None, scale_mode: str = "slide", cohort=None):
         """Add the fine map of the main map (attention, else the top pathway, else the first memory
         component) as one multiscale layer; it becomes the shown map, the coarse one is hidden."""
         from napari_histokd._layers import fine_map_layer
@@ -417,7 +433,7 @@ class AnalyseWidget(QWidget):
         keys = list(fine.maps)
         key = "attention" if "attention" in keys else next(iter(keys))
         data, kwargs, _ = fine_map_layer(fine, key, world_mpp, prefix=self.analysis.slide_id, units=units,
-                                         scale_mode=scale_mode)
+                                         scale_mode=scale_mode, cohort=cohort)
         kwargs["metadata"].update(histokd_analysis=True, coarse=key.split(":", 1)[0])
         layer = self.viewer.add_image(data, **kwargs)
         for other in self.layers.values():
@@ -516,10 +532,25 @@ class AnalyseWidget(QWidget):
             if scale["note"]:
                 note = f"<b style='color:#c05000'>{html.escape(scale['note'])}</b><br>" + note
             self.legend_note.setText(note)
+            show_canvas_caption(self.viewer, canvas_caption(self._canvas_title(key), scale))
         else:
             self.colourbar.setVisible(False)
             self.legend_note.setText("cluster ids: see the legend below")
+            show_canvas_caption(self.viewer, None)
         self._show_top_for(key)
+
+    def _canvas_title(self, key: str) -> str:
+        """The shown map's name for the caption over napari's colour bar (a pathway with its
+        signed score in words)."""
+        layer = self.layers[key]
+        if key == "pathway":
+            name = layer.metadata["pathway"]
+            task = (self.analysis.meta.get("data_info", {}) if self.analysis else {}).get("task", "survival")
+            score = layer.metadata["pathway_scores"].get(name, float("nan"))
+            return f"pathway {name}, score {pathway_score_text(score, task)}"
+        if key == "memory":
+            return f"memory {memory_label(layer.metadata['memory_names'][int(layer.metadata['component'])])}"
+        return self._map_title(key)
 
     def _selected_values(self, key: str) -> tuple[str | None, np.ndarray | None]:
         """(name, per-patch values in display units) of the map shown for ``key``."""
@@ -582,15 +613,14 @@ class AnalyseWidget(QWidget):
 
     def show_pathway(self, name: str):
         """Swap the pathway layer's data to ``name``'s precomputed grid and show it."""
-        from histokd_core.explain.colour import map_scale
-
-        from napari_histokd._layers import scale_metadata
+        from napari_histokd._layers import layer_scale, scale_metadata
 
         layer = self.layers["pathway"]
         grid = layer.metadata["pathway_grids"][name]
         expl = self.analysis.explanation
         display = to_display(expl.pathway_maps[name], "attention", len(expl.coords))
-        scale = map_scale(display, "attention", layer.metadata["scale"]["mode"])
+        scale = layer_scale(display, "attention", layer.metadata["scale"]["mode"], f"pathway:{name}",
+                            layer.metadata.get("cohort_scales"))
         layer.data = grid
         layer.contrast_limits = scale.contrast_limits
         layer.metadata["scale"] = scale_metadata(scale)
