@@ -13,6 +13,7 @@ from histokd_core.methods.amkd.losses import (
     arr_weight,
     ge_loss,
     kd_loss,
+    risk_regression_loss,
     total_loss,
 )
 
@@ -83,3 +84,18 @@ def test_total_loss_alpha():
     t = [torch.tensor(v) for v in (1.0, 2.0, 3.0, 4.0)]
     assert float(total_loss(*t, alpha=0.75)) == pytest.approx(0.75 * 6 + 0.25 * 4)
     assert float(total_loss(*t, alpha=1.0)) == pytest.approx(6.0)
+
+
+def test_risk_regression_loss_hand_values_and_invariance():
+    up = torch.tensor([0.0, 1.0, 2.0])
+    # a positive affine map of the teacher's risks costs nothing; the reversed order costs 4
+    assert float(risk_regression_loss(3 * up - 7, up)) == pytest.approx(0.0, abs=1e-9)
+    assert float(risk_regression_loss(up.flip(0), up)) == pytest.approx(4.0, rel=1e-5)
+    # mean (z_s - z_t)^2 = 2 - 2 corr; corr([0, 0, 3], [0, 1, 2]) = 3 / sqrt(12)
+    s = torch.tensor([0.0, 0.0, 3.0], requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
+    value = risk_regression_loss(s, t)
+    assert float(value) == pytest.approx(2 - 2 * 3 / math.sqrt(12), rel=1e-5)
+    value.backward()
+    assert t.grad is None or float(t.grad.abs().sum()) == 0.0  # the teacher is a target
+    assert float(s.grad.abs().sum()) > 0

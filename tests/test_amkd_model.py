@@ -10,7 +10,13 @@ import torch
 from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import ConfigError, HistoKDError
 from histokd_core.methods.amkd import TASKS, Config, stages
-from histokd_core.methods.amkd.losses import arr_loss, ge_loss, kd_loss, total_loss
+from histokd_core.methods.amkd.losses import (
+    arr_loss,
+    ge_loss,
+    kd_loss,
+    risk_regression_loss,
+    total_loss,
+)
 from histokd_core.methods.amkd.shared import batch_cox
 from histokd_core.survival import c_index
 
@@ -114,6 +120,22 @@ def test_distillation_loss_components_add_up(one_thread, ge_target):
     assert out["loss"].requires_grad
     no_kd = st[2].build(info, {}).eval()
     assert set(no_kd.loss(bags)) == {"loss", "cox"}
+
+
+def test_risk_distillation_is_cox_plus_weighted_risk_regression(one_thread):
+    info = small_info()
+    st = stages(dataclasses.replace(SMALL, distill_loss="risk", kd_weight=2.5))
+    teacher = st[0].build(info, {}).requires_grad_(False).eval()
+    student = st[1].build(info, {"teacher": teacher}).eval()
+    bags = planted_bags(6, 2)
+    out = student.loss(bags)
+    r_s = torch.stack([student.forward_bag(b.feats)[0] for b in bags])
+    r_t = torch.stack([teacher.forward_bag(b.feats, b.omics)[0] for b in bags])
+    expected = batch_cox(r_s, bags) + 2.5 * risk_regression_loss(r_s, r_t)
+    torch.testing.assert_close(out["loss"], expected)
+    torch.testing.assert_close(out["risk_kd"], risk_regression_loss(r_s, r_t))
+    with pytest.raises(ConfigError, match="distill_loss"):
+        dataclasses.replace(SMALL, distill_loss="mse")
 
 
 def test_teacher_distillation_targets_shapes(one_thread):

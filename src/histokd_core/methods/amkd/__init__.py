@@ -38,6 +38,9 @@ class Config:
         genomics-informed features ``p2g (n, d)`` mimicked by the student's projected patch tokens;
         ``"pathway"``, its gene->path tokens ``g2p (P, d)`` mimicked by the student's pathway-query
         tokens (the paper's two statements and why: :mod:`.losses`).
+    distill_loss : ``"paper"`` (default: ``alpha * (L_GE + L_KD + L_surv) + (1 - alpha) * L_ARR``)
+        or ``"risk"`` (not the paper's: ``L_surv + kd_weight * L_risk``, the student regressing the
+        teacher's batch-standardised risks; :mod:`.losses` says why); kd_weight : its weight (1.0).
     teacher_targets : ``"in_sample"`` (default: the fold's teacher gives every training case's
         distillation targets) or ``"cross_fit"`` (each training case's targets come from one of
         ``inner_folds`` teachers trained without it; stage ``teacher_cf``).
@@ -63,6 +66,8 @@ class Config:
     ge_temperature: float = 1.0
     arr_eps: float = 1e-6
     ge_target: str = "patch"
+    distill_loss: str = "paper"
+    kd_weight: float = 1.0
     teacher_targets: str = "in_sample"
     inner_folds: int = 4
     max_train_patches: int | None = 4096
@@ -85,6 +90,11 @@ class Config:
         if self.ge_target not in ("patch", "pathway"):
             raise ConfigError(
                 f"amkd ge_target must be 'patch' or 'pathway', got {self.ge_target!r}"
+            )
+        if self.distill_loss not in ("paper", "risk") or self.kd_weight < 0:
+            raise ConfigError(
+                "amkd distill_loss must be 'paper' or 'risk' and kd_weight >= 0, got "
+                f"{self.distill_loss!r} / {self.kd_weight}"
             )
         if self.teacher_targets not in ("in_sample", "cross_fit") or self.inner_folds < 2:
             raise ConfigError(

@@ -19,7 +19,8 @@ teacher or the expression (with ``"patch"`` the queries are trained by the risk 
 head, with ``"pathway"`` also by ``L_GE``). The patch attention reported for overlays is that
 attention averaged over pathway queries and heads ``(n,)`` (sums to 1).
 
-Loss with a teacher (``distill=True``): see :mod:`histokd_core.methods.amkd.losses`; without
+Loss with a teacher (``distill=True``): see :mod:`histokd_core.methods.amkd.losses`
+(``Config.distill_loss``: the paper's four terms, or the Cox loss plus the risk regression); without
 (``student_no_kd`` ablation): Cox NLL only. ``predict`` and ``explain`` never read ``bag.omics``.
 """
 
@@ -32,7 +33,14 @@ from torch import nn
 
 from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import HistoKDError
-from histokd_core.methods.amkd.losses import arr_gates, arr_loss, ge_loss, kd_loss, total_loss
+from histokd_core.methods.amkd.losses import (
+    arr_gates,
+    arr_loss,
+    ge_loss,
+    kd_loss,
+    risk_regression_loss,
+    total_loss,
+)
 from histokd_core.methods.amkd.shared import (
     batch_cox,
     patch_projection,
@@ -125,6 +133,14 @@ class AMKDStudent(BagModel):
         c = self.config
         r_t = torch.stack(risks_t)
         l_t = batch_cox(r_t, bags)
+        if c.distill_loss == "risk":
+            l_risk = risk_regression_loss(r_s, r_t)
+            return {
+                "loss": l_surv + c.kd_weight * l_risk,
+                "cox": l_surv.detach(),
+                "risk_kd": l_risk.detach(),
+                "teacher_cox": l_t.detach(),
+            }
         # per case: patch counts differ between bags, so average the per-case token means
         l_ge = torch.stack(
             [ge_loss(s, t, c.ge_temperature) for s, t in zip(feats_s, feats_t)]
