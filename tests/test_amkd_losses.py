@@ -86,16 +86,24 @@ def test_total_loss_alpha():
     assert float(total_loss(*t, alpha=1.0)) == pytest.approx(6.0)
 
 
-def test_risk_regression_loss_hand_values_and_invariance():
+def test_risk_regression_loss_hand_values():
     up = torch.tensor([0.0, 1.0, 2.0])
-    # a positive affine map of the teacher's risks costs nothing; the reversed order costs 4
-    assert float(risk_regression_loss(3 * up - 7, up)) == pytest.approx(0.0, abs=1e-9)
-    assert float(risk_regression_loss(up.flip(0), up)) == pytest.approx(4.0, rel=1e-5)
-    # mean (z_s - z_t)^2 = 2 - 2 corr; corr([0, 0, 3], [0, 1, 2]) = 3 / sqrt(12)
-    s = torch.tensor([0.0, 0.0, 3.0], requires_grad=True)
+    z_up = torch.tensor([-1.0, 0.0, 1.0]) * math.sqrt(1.5)  # (r - 1) / population SD sqrt(2/3)
+    # the student's centred risks against the teacher's standardised ones: shift-free
+    assert float(risk_regression_loss(z_up + 5, 10 * up - 3)) == pytest.approx(0.0, abs=1e-9)
+    # (centred [-1, 0, 1]) - z_up = (1 - sqrt 1.5) * [-1, 0, 1]: mean square 2/3 (1 - sqrt 1.5)^2
+    s = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
     t = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
     value = risk_regression_loss(s, t)
-    assert float(value) == pytest.approx(2 - 2 * 3 / math.sqrt(12), rel=1e-5)
+    assert float(value) == pytest.approx(2 / 3 * (1 - math.sqrt(1.5)) ** 2, rel=1e-4)  # eps 1e-6
     value.backward()
     assert t.grad is None or float(t.grad.abs().sum()) == 0.0  # the teacher is a target
     assert float(s.grad.abs().sum()) > 0
+    # reversed order: centred [-1, 0, 1] against -z_up: mean square 2/3 (1 + sqrt 1.5)^2
+    assert float(risk_regression_loss(up.flip(0), up)) == pytest.approx(
+        2 / 3 * (1 + math.sqrt(1.5)) ** 2, rel=1e-5
+    )
+    # all-equal student risks: finite loss and gradient (no singular point)
+    flat = torch.zeros(3, requires_grad=True)
+    risk_regression_loss(flat, up).backward()
+    assert torch.isfinite(flat.grad).all()

@@ -48,9 +48,9 @@ hazards, higher = worse); ``L_s``, ``L_t`` the student's and the teacher's Cox N
 - total: ``alpha * (L_GE + L_KD + L_surv) + (1 - alpha) * L_ARR`` with ``alpha = 0.75``.
 
 Not the paper's: ``Config.distill_loss = "risk"`` replaces the four terms by
-``L_surv + kd_weight * L_risk``, with ``L_risk = mean_i (z(r_s)_i - z(r_t)_i)^2`` and ``z`` the
-batch standardisation (mean 0, SD 1 over the batch's cases: Cox risks have no origin and, for
-ranking, no scale). The student regresses the teacher's risk *ordering*, a continuous, uncensored
+``L_surv + kd_weight * L_risk``, with ``L_risk = mean_i ((r_s,i - mean r_s) - z(r_t)_i)^2`` and
+``z`` the batch standardisation of the teacher's risks (mean 0, SD 1 over the batch's cases: Cox
+risks have no origin, and the teacher's scale is its own). The student regresses the teacher's risk *ordering*, a continuous, uncensored
 target carrying the expression's information about every case, where the Cox loss sees only the
 ordered event times. Why (docs/benchmarks.md, issue 11): on the redesigned synthetic cohort a
 ridge regression of a teacher's risk on mean-pooled features beats a ridge Cox on the same
@@ -93,14 +93,13 @@ def kd_loss(
 def risk_regression_loss(
     student_risk: torch.Tensor, teacher_risk: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
-    """``L_risk = mean_i (z(r_s)_i - z(r_t)_i)^2`` over the batch ``(B,)``, ``z(r) = (r - mean r) /
-    (sd r + eps)`` (population SD); the teacher side is detached. 0 when the student's risks are a
-    positive affine map of the teacher's; 4 when they are reversed."""
-    def z(r: torch.Tensor) -> torch.Tensor:
-        centred = r - r.mean()
-        return centred / (centred.pow(2).mean().sqrt() + eps)
-
-    return (z(student_risk) - z(teacher_risk.detach())).pow(2).mean()
+    """``L_risk = mean_i ((r_s,i - mean r_s) - z(r_t)_i)^2`` over the batch ``(B,)``, with
+    ``z(r_t) = (r_t - mean r_t) / (sd r_t + eps)`` (population SD, detached): the student's
+    centred risks regress the teacher's standardised ones (the student is not rescaled, so the
+    loss has no singular point when its risks are all equal). 0 when ``r_s = z(r_t) + c``."""
+    t = teacher_risk.detach() - teacher_risk.detach().mean()
+    t = t / (t.pow(2).mean().sqrt() + eps)
+    return ((student_risk - student_risk.mean()) - t).pow(2).mean()
 
 
 def arr_gates(
