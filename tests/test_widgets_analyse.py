@@ -79,6 +79,38 @@ def trained(tmp_path_factory):
                            features=root / "feats", inside=inside, coords=coords, root=root)
 
 
+@pytest.fixture(scope="module")
+def hed_checkpoint(tmp_path_factory):
+    """An ABMIL checkpoint on ``hed-texture`` features (random bags, one epoch): "extract now"
+    rebuilds its encoder from the id its features carry."""
+    from histokd_core.features import get_encoder
+
+    enc = get_encoder("hed-texture", device="cpu")
+    info = DataInfo(task="classification", feat_dim=enc.dim, n_classes=2, encoder_id=enc.id)
+    rng = np.random.default_rng(0)
+    coords = torch.from_numpy(lattice())
+    bags = [Bag(case_id=f"h{i}", feats=torch.from_numpy(rng.normal(size=(len(coords), enc.dim)).astype(np.float32)),
+                coords=coords, patch_size=P, label=i % 2) for i in range(8)]
+    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
+        train=bags[:4], val=bags[4:6], test=bags[6:], info=info))
+    run = tmp_path_factory.mktemp("hed") / "run"
+    run_cv("baselines", {"models": ["abmil"]}, data, run,
+           TrainConfig(epochs=1, batch_size=4, seed=0, device="cpu", num_threads=1), folds=[0])
+    return run / "fold_0" / "abmil.safetensors"
+
+
+@pytest.fixture
+def slide_dock(make_napari_viewer, trained):
+    """A viewer holding the synthetic slide (opened by the plugin's reader) and an Analyse dock on
+    it, nothing entered yet."""
+    from napari_histokd._widgets.analyse import AnalyseWidget
+
+    viewer = make_napari_viewer()
+    (data, kwargs, _), = read_slides(str(trained.slide.path))
+    layer = viewer.add_image(data, **kwargs)
+    return SimpleNamespace(viewer=viewer, slide=layer, w=AnalyseWidget(viewer))
+
+
 def outer_bounds(layer):
     """World ``(2, 2)`` outer pixel edges of the last two axes (extent.world spans pixel centres)."""
     ext = np.asarray(layer.extent.world)[:, -2:]
@@ -96,13 +128,8 @@ def run_analysis(w, qtbot, timeout_ms: int) -> list[tuple[float, str]]:
     return progress
 
 
-def test_analyse_widget_overlays_align_with_the_planted_region(make_napari_viewer, qtbot, trained):
-    from napari_histokd._widgets.analyse import AnalyseWidget
-
-    viewer = make_napari_viewer()
-    (data, kwargs, kind), = read_slides(str(trained.slide.path))
-    slide_layer = viewer.add_image(data, **kwargs)
-    w = AnalyseWidget(viewer)
+def test_analyse_widget_overlays_align_with_the_planted_region(slide_dock, qtbot, trained):
+    viewer, slide_layer, w = slide_dock.viewer, slide_dock.slide, slide_dock.w
     assert w.slide.currentText() == slide_layer.name
     w.checkpoint.setText(str(trained.checkpoint))
     w.features.setText(str(trained.features))
@@ -123,30 +150,19 @@ def test_analyse_widget_overlays_align_with_the_planted_region(make_napari_viewe
     assert np.isfinite(heat.data).all()
     assert "P(positive)" in w.prediction.text()
     assert "group:" in w.prediction.text()
+    # ABMIL has no pathways, clusters or memory: those parts of the dock stay hidden
+    assert w.pathways.isHidden() and w.clusters_legend.isHidden() and w.component.isHidden()
 
 
-def test_analyse_widget_extracts_features_now(make_napari_viewer, qtbot, trained, tmp_path):
+def test_analyse_widget_extracts_features_now(slide_dock, qtbot, trained, hed_checkpoint, tmp_path):
     """"extract now": the checkpoint's encoder (rebuilt from the id its features carry) extracts
     the open slide into the chosen folder, then the overlays appear over the slide."""
     from histokd_core.features import get_encoder, open_features
-    from napari_histokd._widgets.analyse import AnalyseWidget
 
     enc = get_encoder("hed-texture", device="cpu")
-    info = DataInfo(task="classification", feat_dim=enc.dim, n_classes=2, encoder_id=enc.id)
-    rng = np.random.default_rng(0)
-    coords = torch.from_numpy(lattice())
-    bags = [Bag(case_id=f"h{i}", feats=torch.from_numpy(rng.normal(size=(len(coords), enc.dim)).astype(np.float32)),
-                coords=coords, patch_size=P, label=i % 2) for i in range(8)]
-    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
-        train=bags[:4], val=bags[4:6], test=bags[6:], info=info))
-    run_cv("baselines", {"models": ["abmil"]}, data, tmp_path / "run",
-           TrainConfig(epochs=1, batch_size=4, seed=0, device="cpu", num_threads=1), folds=[0])
 
-    viewer = make_napari_viewer()
-    (data, kwargs, kind), = read_slides(str(trained.slide.path))
-    slide_layer = viewer.add_image(data, **kwargs)
-    w = AnalyseWidget(viewer)
-    w.checkpoint.setText(str(tmp_path / "run" / "fold_0" / "abmil.safetensors"))
+    viewer, slide_layer, w = slide_dock.viewer, slide_dock.slide, slide_dock.w
+    w.checkpoint.setText(str(hed_checkpoint))
     w.extract_now.setChecked(True)
     w.extract_to.setText(str(tmp_path / "extracted"))
     w.device.setCurrentText("cpu")
@@ -163,15 +179,10 @@ def test_analyse_widget_extracts_features_now(make_napari_viewer, qtbot, trained
     assert (span[0] >= slide[0]).all() and (span[1] <= slide[1]).all()
 
 
-def test_analyse_widget_errors_become_notifications(make_napari_viewer, qtbot, trained, monkeypatch):
-    from napari_histokd._widgets.analyse import AnalyseWidget
-
+def test_analyse_widget_errors_become_notifications(slide_dock, qtbot, trained, monkeypatch):
     shown = []
     monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
-    viewer = make_napari_viewer()
-    (data, kwargs, kind), = read_slides(str(trained.slide.path))
-    viewer.add_image(data, **kwargs)
-    w = AnalyseWidget(viewer)
+    viewer, w = slide_dock.viewer, slide_dock.w
     w.checkpoint.setText(str(trained.root / "missing.safetensors"))
     w.features.setText(str(trained.features))
     assert w.start() is not None
@@ -197,14 +208,11 @@ def rich_explanation():
     )
 
 
-def test_pathway_selector_swaps_map_and_legends(make_napari_viewer, trained):
+def test_pathway_selector_swaps_map_and_legends(slide_dock, trained):
     from histokd_core.workflows import Analysis
-    from napari_histokd._widgets.analyse import AnalyseWidget, add_analysis_layers
+    from napari_histokd._widgets.analyse import add_analysis_layers
 
-    viewer = make_napari_viewer()
-    (data, kwargs, kind), = read_slides(str(trained.slide.path))
-    slide_layer = viewer.add_image(data, **kwargs)
-    w = AnalyseWidget(viewer)
+    viewer, slide_layer, w = slide_dock.viewer, slide_dock.slide, slide_dock.w
     expl = rich_explanation()
     w.analysis = Analysis(expl, {"method": "test", "data_info": {"driver_pathways": ["HALLMARK_HYPOXIA"]}},
                           "s", trained.features)
@@ -241,6 +249,7 @@ def test_pathway_selector_swaps_map_and_legends(make_napari_viewer, trained):
     tumor = w.layers["clusters:tumor"]
     assert tumor.metadata["legend"] == {k: int((expl.clusters["tumor"] == k).sum()) for k in range(3)}
     assert "tumor" in w.clusters_legend.text() and "#0:" in w.clusters_legend.text()
+    assert not (w.pathways.isHidden() or w.clusters_legend.isHidden() or w.component.isHidden())
     assert "background-color:#1f77b4" in w.clusters_legend.text()  # cluster 0's colour
     assert not tumor.editable
     tumor.visible = False
@@ -313,14 +322,8 @@ def test_colour_bar_has_the_unit_and_range_of_the_map(make_napari_viewer, traine
     w.grab()  # the bar paints
 
 
-def test_rerun_replaces_the_previous_layers_and_top_patch_click_moves_the_camera(
-        make_napari_viewer, qtbot, trained):
-    from napari_histokd._widgets.analyse import AnalyseWidget
-
-    viewer = make_napari_viewer()
-    (data, kwargs, kind), = read_slides(str(trained.slide.path))
-    viewer.add_image(data, **kwargs)
-    w = AnalyseWidget(viewer)
+def test_rerun_replaces_the_previous_layers_and_top_patch_click_moves_the_camera(slide_dock, qtbot, trained):
+    viewer, w = slide_dock.viewer, slide_dock.w
     w.checkpoint.setText(str(trained.checkpoint))
     w.features.setText(str(trained.features))
     w.slide_id.setText("slide")
@@ -430,7 +433,7 @@ def test_region_areas_follow_the_slide_mpp_not_the_world_scale(make_napari_viewe
     assert ("Area µm^2" in ann.measurements) == (slide_mpp is not None)
 
 
-def test_cancel_stops_within_a_second_and_keeps_the_features(make_napari_viewer, qtbot, trained, tmp_path,
+def test_cancel_stops_within_a_second_and_keeps_the_features(slide_dock, qtbot, trained, hed_checkpoint, tmp_path,
                                                               monkeypatch):
     """Cancel in the Analyse dock during "extract now": the worker stops within a second (tile
     loader processes included), the patches done are kept, and the next run resumes after them."""
@@ -439,18 +442,8 @@ def test_cancel_stops_within_a_second_and_keeps_the_features(make_napari_viewer,
     import histokd_core.features as features
     from histokd_core.features import get_encoder
     from histokd_core.features.extract import partial_path
-    from napari_histokd._widgets.analyse import AnalyseWidget
 
     enc = get_encoder("hed-texture", device="cpu")
-    info = DataInfo(task="classification", feat_dim=enc.dim, n_classes=2, encoder_id=enc.id)
-    rng = np.random.default_rng(0)
-    coords = torch.from_numpy(lattice())
-    bags = [Bag(case_id=f"h{i}", feats=torch.from_numpy(rng.normal(size=(len(coords), enc.dim)).astype(np.float32)),
-                coords=coords, patch_size=P, label=i % 2) for i in range(8)]
-    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
-        train=bags[:4], val=bags[4:6], test=bags[6:], info=info))
-    run_cv("baselines", {"models": ["abmil"]}, data, tmp_path / "run",
-           TrainConfig(epochs=1, batch_size=4, seed=0, device="cpu", num_threads=1), folds=[0])
 
     class Slow:
         """The real encoder at 0.1 s per patch (a slow CPU encoder)."""
@@ -468,11 +461,8 @@ def test_cancel_stops_within_a_second_and_keeps_the_features(make_napari_viewer,
 
     slow = Slow(enc)
     monkeypatch.setattr(features, "get_encoder", lambda *a, **k: slow)
-    viewer = make_napari_viewer()
-    (data, kwargs, kind), = read_slides(str(trained.slide.path))
-    viewer.add_image(data, **kwargs)
-    w = AnalyseWidget(viewer)
-    w.checkpoint.setText(str(tmp_path / "run" / "fold_0" / "abmil.safetensors"))
+    viewer, w = slide_dock.viewer, slide_dock.w
+    w.checkpoint.setText(str(hed_checkpoint))
     w.extract_now.setChecked(True)
     w.extract_to.setText(str(tmp_path / "extracted"))
     w.device.setCurrentText("cpu")
@@ -501,27 +491,11 @@ def test_cancel_stops_within_a_second_and_keeps_the_features(make_napari_viewer,
     print(f"cancel latency {latency:.2f} s, kept {kept} of {n} patches")
 
 
-def test_fine_map_option_adds_one_multiscale_layer(make_napari_viewer, qtbot, trained, tmp_path):
+def test_fine_map_option_adds_one_multiscale_layer(slide_dock, qtbot, trained, hed_checkpoint, tmp_path):
     """Analyse with "overlapping patches, stride patch/2": one lazy multiscale layer on the slide,
     shown instead of the coarse map, whose pixels average the covering patches (x uniform)."""
-    from histokd_core.features import get_encoder
-    from napari_histokd._widgets.analyse import AnalyseWidget
-
-    enc = get_encoder("hed-texture", device="cpu")
-    info = DataInfo(task="classification", feat_dim=enc.dim, n_classes=2, encoder_id=enc.id)
-    rng = np.random.default_rng(0)
-    coords = torch.from_numpy(lattice())
-    bags = [Bag(case_id=f"h{i}", feats=torch.from_numpy(rng.normal(size=(len(coords), enc.dim)).astype(np.float32)),
-                coords=coords, patch_size=P, label=i % 2) for i in range(8)]
-    data = SimpleNamespace(n_folds=1, fold=lambda i: SimpleNamespace(
-        train=bags[:4], val=bags[4:6], test=bags[6:], info=info))
-    run_cv("baselines", {"models": ["abmil"]}, data, tmp_path / "run",
-           TrainConfig(epochs=1, batch_size=4, seed=0, device="cpu", num_threads=1), folds=[0])
-    viewer = make_napari_viewer()
-    (data, kwargs, kind), = read_slides(str(trained.slide.path))
-    slide_layer = viewer.add_image(data, **kwargs)
-    w = AnalyseWidget(viewer)
-    w.checkpoint.setText(str(tmp_path / "run" / "fold_0" / "abmil.safetensors"))
+    viewer, slide_layer, w = slide_dock.viewer, slide_dock.slide, slide_dock.w
+    w.checkpoint.setText(str(hed_checkpoint))
     w.extract_now.setChecked(True)
     w.extract_to.setText(str(tmp_path / "extracted"))
     w.device.setCurrentText("cpu")
@@ -629,6 +603,7 @@ def test_all_slides_cancel_stops_at_once_and_reports_every_slide(cohort_dock, qt
     qtbot.waitUntil(panel.run_btn.isEnabled, timeout=120_000)
     stopped = time.perf_counter()
     assert asked and stopped - asked[0] < 1.0, f"{stopped - asked[0]:.2f} s"
+    print(f"all slides: cancel latency {stopped - asked[0]:.2f} s")
     n = len(pd.read_csv(cohort_dir / "cohort.csv"))
     summary = pd.read_csv(tmp_path / "maps" / "summary.csv")
     assert len(summary) == n and (summary["reason"] == "cancelled").sum() >= 1

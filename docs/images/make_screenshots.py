@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,8 @@ CMU = SLIDES / "CMU-1-Small-Region.svs"
 TCGA = SLIDES / "TCGA-CR-7395-01A-01-TS1.svs"
 #: the TCGA frozen section records no mpp; 0.5 um/px (a 20x scan) is entered in the dock.
 TCGA_MPP = 0.5
+#: the demo AMKD student's configuration.
+AMKD_CONFIG = {"dim": 32, "heads": 2, "dim_head": 16, "pathway_hidden": 32}
 
 
 def train_screenshot(tmp: Path) -> None:
@@ -75,8 +78,10 @@ def image_cohort(tmp: Path):
                                    workers=1, multi_slide_fraction=0.0, planted_fraction=0.4)
     encoder = get_encoder("hed-texture", device="cpu")
     for path in cohort.slides.values():
+        # bad_tiles="skip": the plausibility check flags some planted-region textures at 10x as
+        # noise (a false alarm on synthetic slides; real slides keep the default, "fail")
         extract_slide(path, tmp / "features", encoder, magnifications=("20x", "10x"),
-                      num_workers=0, min_tissue=0.1)
+                      num_workers=0, min_tissue=0.1, bad_tiles="skip")
     return cohort
 
 
@@ -96,12 +101,10 @@ def train_student(cohort, tmp: Path, method: str, config: dict, task: str) -> Pa
     return out / "fold_0" / "student.safetensors"
 
 
-def analysed_viewer(slide_path: Path, checkpoint: Path, tmp: Path, mpp: float | None = None,
-                    height: int = 1000):
-    """A shown viewer with a real slide opened by the plugin reader and the Analyse dock run with
-    "extract now" (``mpp`` entered in the dock when the file has none)."""
+def dock_viewer(slide_path: Path, checkpoint: Path, tmp: Path, mpp: float | None = None, height: int = 1000):
+    """A shown viewer with a real slide opened by the plugin reader and the Analyse dock filled for
+    "extract now" (``mpp`` entered in the dock when the file has none), not yet run."""
     import napari
-    from qtpy.QtWidgets import QApplication
 
     from napari_histokd._reader import read_slides
     from napari_histokd._widgets.analyse import AnalyseWidget
@@ -119,6 +122,13 @@ def analysed_viewer(slide_path: Path, checkpoint: Path, tmp: Path, mpp: float | 
     analyse.device.setCurrentText("cpu")
     if mpp is not None:
         analyse.mpp.setValue(mpp)
+    return viewer, analyse
+
+
+def run_dock(viewer, analyse) -> None:
+    """Press Analyse and wait for the overlays; the view then shows the whole slide."""
+    from qtpy.QtWidgets import QApplication
+
     if analyse.start() is None:
         raise RuntimeError(analyse.status.text())
     app = QApplication.instance()
@@ -128,6 +138,13 @@ def analysed_viewer(slide_path: Path, checkpoint: Path, tmp: Path, mpp: float | 
         raise RuntimeError(analyse.status.text())
     viewer.reset_view()
     app.processEvents()
+
+
+def analysed_viewer(slide_path: Path, checkpoint: Path, tmp: Path, mpp: float | None = None,
+                    height: int = 1000):
+    """:func:`dock_viewer`, then the Analyse dock run."""
+    viewer, analyse = dock_viewer(slide_path, checkpoint, tmp, mpp, height)
+    run_dock(viewer, analyse)
     return viewer, analyse
 
 
@@ -136,7 +153,8 @@ def shoot(viewer, name: str) -> None:
 
     for _ in range(5):
         QApplication.instance().processEvents()
-    viewer.window.screenshot(str(HERE / name), canvas_only=False)
+    # no flash: its colorize effect lingers ~0.5 s and greys a second shot of the same window
+    viewer.window.screenshot(str(HERE / name), canvas_only=False, flash=False)
 
 
 def amkd_screenshots(cohort, tmp: Path) -> None:
@@ -144,8 +162,7 @@ def amkd_screenshots(cohort, tmp: Path) -> None:
     analyse_pathway.png (CMU, top pathway map and the ranked list) and export_regions.png."""
     from napari_histokd._widgets.export import ExportWidget
 
-    ckpt = train_student(cohort, tmp, "amkd", {"dim": 32, "heads": 2, "dim_head": 16,
-                                               "pathway_hidden": 32}, "survival")
+    ckpt = train_student(cohort, tmp, "amkd", AMKD_CONFIG, "survival")
     viewer, analyse = analysed_viewer(TCGA, ckpt, tmp, mpp=TCGA_MPP)
     analyse.show_map("attention")
     analyse.top_list.setCurrentRow(0)
@@ -156,6 +173,7 @@ def amkd_screenshots(cohort, tmp: Path) -> None:
     viewer, analyse = analysed_viewer(CMU, ckpt, tmp)
     analyse.pathways.setCurrentRow(0)
     viewer.layers.selection.active = analyse.layers["pathway"]
+    analyse.scroll.ensureWidgetVisible(analyse.pathways, 0, 120)  # the dock scrolled to the ranked list
     shoot(viewer, "analyse_pathway.png")
 
     export = ExportWidget(viewer)
@@ -166,6 +184,7 @@ def amkd_screenshots(cohort, tmp: Path) -> None:
     (tmp / "regions.geojson").unlink(missing_ok=True)  # --work: never stop at "replace?"
     export.out.setText(str(tmp / "regions.geojson"))
     export.export_regions()
+    analyse.layers["top_patches"].visible = False  # the exported regions' outlines alone (also cyan)
     shoot(viewer, "export_regions.png")
     viewer.close()
 
@@ -191,6 +210,7 @@ def clusters_screenshot(cohort, tmp: Path) -> None:
         layer.opacity = 0.6
         layer.visible = True
     viewer.layers.selection.active = maps[0]
+    analyse.scroll.ensureWidgetVisible(analyse.clusters_legend)  # the dock scrolled to the legend
     if list(viewer.layers) != [slide, maps[1], copy, maps[0]]:  # grid: tumour left, TME right
         raise RuntimeError(f"unexpected layer order: {[lyr.name for lyr in viewer.layers]}")
     viewer.canvas.grid.stride = 2
@@ -211,12 +231,60 @@ def memory_screenshot(cohort, tmp: Path) -> None:
     analyse.component.setCurrentIndex(0)
     analyse.show_component(0)
     viewer.layers.selection.active = analyse.layers["memory"]
+    analyse.scroll.ensureWidgetVisible(analyse.component)  # the dock scrolled to the selector
     shoot(viewer, "analyse_memory.png")
     viewer.close()
 
 
+def fine_screenshot(cohort, tmp: Path) -> None:
+    """analyse_fine.png: the AMKD student's attention on the TCGA frozen section as a fine map
+    (overlapping patches, stride patch/2, averaged per pixel), zoomed on the tissue's upper right
+    edge."""
+    ckpt = train_student(cohort, tmp, "amkd", AMKD_CONFIG, "survival")
+    viewer, analyse = dock_viewer(TCGA, ckpt, tmp, mpp=TCGA_MPP)
+    analyse.fine.setCurrentIndex(analyse.fine.findData(2))
+    run_dock(viewer, analyse)
+    viewer.layers.selection.active = analyse.layers["fine"]
+    (y0, x0), (y1, x1) = viewer.layers[0].extent.world[:, -2:]  # the tissue's upper right edge
+    viewer.camera.center = (y0 + 0.3 * (y1 - y0), x0 + 0.75 * (x1 - x0))
+    viewer.camera.zoom *= 2.5
+    shoot(viewer, "analyse_fine.png")
+    viewer.close()
+
+
+def cohort_screenshot(cohort, tmp: Path) -> None:
+    """analyse_cohort.png: "all slides of this run" (every slide of the synthetic image cohort
+    through the AMKD run, its summary and output folder), then one slide analysed on the run's
+    cohort-wide colour scale."""
+    from qtpy.QtWidgets import QApplication
+
+    ckpt = train_student(cohort, tmp, "amkd", AMKD_CONFIG, "survival")
+    slide = sorted((Path(cohort.cohort_csv).parent / "slides").glob("*.tif"))[0]
+    viewer, analyse = dock_viewer(slide, ckpt, tmp, height=1150)
+    analyse.extract_now.setChecked(False)
+    analyse.features.setText(str(tmp / "features"))
+    analyse.show_cohort_maps()
+    panel = analyse.cohort_maps
+    panel.cohort.setText(str(cohort.cohort_csv))
+    shutil.rmtree(tmp / "cohort_maps", ignore_errors=True)  # --work: predict afresh, not "already done"
+    panel.maps.setText(str(tmp / "cohort_maps"))
+    panel.workers.setValue(1)
+    if panel.start() is None:
+        raise RuntimeError(panel.status.text())
+    app = QApplication.instance()
+    while not panel.run_btn.isEnabled():
+        app.processEvents()
+    if panel.result is None:
+        raise RuntimeError(panel.status.text())
+    analyse.scale_mode.setCurrentText("cohort")
+    run_dock(viewer, analyse)
+    analyse.scroll.ensureWidgetVisible(panel.output)  # the dock scrolled to the summary
+    shoot(viewer, "analyse_cohort.png")
+    viewer.close()
+
+
 METHOD_SHOTS = {"amkd": amkd_screenshots, "clusters": clusters_screenshot,
-                "memory": memory_screenshot}
+                "memory": memory_screenshot, "fine": fine_screenshot, "cohort": cohort_screenshot}
 
 
 def main(argv: list[str] | None = None) -> None:

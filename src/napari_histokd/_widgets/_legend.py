@@ -1,6 +1,6 @@
 """Colour bars: one in the dock (the shown map's colour table, its range and its unit, drawn with
 Qt), and napari's own on the canvas (``layer.colorbar``, ticks only) with a caption above it
-(napari's text overlay, tiled with the colour bar in the top-right corner) naming the map, its unit
+(napari's text overlay, above the colour bar in the top-right corner) naming the map, its unit
 and its range, so a screenshot of the canvas alone still says what the colours mean.
 """
 
@@ -34,6 +34,11 @@ def show_canvas_caption(viewer, text: str | None) -> None:
     if text is None:
         overlay.visible = False
         return
+    if canvas is not None:
+        # the caption above the bar: side by side, napari's text width estimate runs a few
+        # percent short and a long caption overlaps the bar's ticks
+        canvas.overlay_tiling.top_right = "vertical"
+    overlay.visible = False  # napari re-tiles a corner when an overlay shows, not when its text changes
     overlay.text = text
     overlay.position = "top_right"
     overlay.font_size = 10

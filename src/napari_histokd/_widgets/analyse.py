@@ -3,6 +3,8 @@
 After a run only the main map is visible; the "map" selector shows one map at a time with its
 colour bar (unit, range, near-uniform note) and its ranked top patches, which the list centres
 the camera on. A rerun, or a run on another slide, replaces the layers of the previous run.
+The colour scale is the slide's, a fixed one, or the run's cohort-wide scale; "all slides of this
+run" (:mod:`napari_histokd._widgets.cohort_maps`) predicts every slide of a cohort with the run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QBrush, QColor, QFont
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -20,6 +22,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -27,6 +30,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -244,6 +248,9 @@ class AnalyseWidget(QWidget):
         self.clusters_legend.setWordWrap(True)
         self.clusters_legend.setTextFormat(Qt.TextFormat.RichText)
         self.component = QComboBox(self)
+        self.cohort_toggle = QPushButton(self)
+        self.cohort_toggle.setCheckable(True)
+        self.cohort_toggle.setStyleSheet("text-align: left")
         self.cohort_maps = CohortMapsPanel(self.checkpoint, self.features, self.device, self)
 
         form = QFormLayout()
@@ -262,7 +269,8 @@ class AnalyseWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_btn)
         buttons.addWidget(self.cancel_btn)
-        layout = QVBoxLayout(self)
+        content = QWidget(self)
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.bar)
@@ -276,20 +284,42 @@ class AnalyseWidget(QWidget):
         layout.addWidget(self.legend_note)
         layout.addWidget(QLabel("<b>top patches</b> of the map (click to go there)", self))
         layout.addWidget(self.top_list)
-        layout.addWidget(QLabel("<b>pathways</b> (ranked by |score|; click to show its map)", self))
-        layout.addWidget(self.pathway_unit)
-        layout.addWidget(self.pathways)
-        layout.addWidget(QLabel("<b>clusters</b> (patches per cluster)", self))
-        layout.addWidget(self.clusters_legend)
-        layout.addWidget(QLabel("<b>memory component</b>", self))
-        layout.addWidget(self.component)
-        layout.addWidget(QLabel("<b>all slides of this run</b> (maps of every slide of a cohort "
-                                "with this checkpoint's run, one colour scale)", self))
-        layout.addWidget(self.cohort_maps)
+        #: the parts of the dock shown only for models that have them
+        self.sections = {
+            "pathways": [QLabel("<b>pathways</b> (ranked by |score|; click to show its map)", self),
+                         self.pathway_unit, self.pathways],
+            "clusters": [QLabel("<b>clusters</b> (patches per cluster)", self), self.clusters_legend],
+            "memory": [QLabel("<b>memory component</b>", self), self.component],
+        }
+        for widgets in self.sections.values():
+            for widget in widgets:
+                layout.addWidget(widget)
+                widget.setVisible(False)
+        about = QLabel("maps of every slide of a cohort with this checkpoint's run, on one colour "
+                       "scale (then choose colour scale: cohort)", self)
+        about.setWordWrap(True)
+        self.cohort_section = QWidget(self)
+        section = QVBoxLayout(self.cohort_section)
+        section.setContentsMargins(0, 0, 0, 0)
+        section.addWidget(about)
+        section.addWidget(self.cohort_maps)
+        layout.addWidget(self.cohort_toggle)
+        layout.addWidget(self.cohort_section)
         layout.addStretch(1)
+        # a screen shorter than the dock scrolls it instead of squeezing its fields
+        self.scroll = QScrollArea(self)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
 
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
+        self.cohort_toggle.toggled.connect(self.show_cohort_maps)
+        self.show_cohort_maps(False)
         self.slide.currentTextChanged.connect(self._on_slide_changed)
         self.map.currentIndexChanged.connect(self._on_map_changed)
         self.top_list.itemClicked.connect(lambda item: self.go_to_top_patch(self.top_list.row(item)))
@@ -299,6 +329,22 @@ class AnalyseWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_slides)
         self.viewer.layers.events.removed.connect(self._refresh_slides)
         self._refresh_slides()
+
+    def show_cohort_maps(self, shown: bool = True):
+        """Unfold (or fold away) the "all slides of this run" section."""
+        self.cohort_toggle.setChecked(shown)
+        self.cohort_toggle.setText(("\u25be " if shown else "\u25b8 ") + "all slides of this run")
+        self.cohort_section.setVisible(shown)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """As wide as the dock's content (with room for the scroll bar), as tall as it up to 800 px."""
+        hint = self.scroll.widget().sizeHint()
+        return QSize(hint.width() + self.scroll.verticalScrollBar().sizeHint().width(), min(hint.height(), 800))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """Never narrower than the content (it scrolls vertically, never sideways)."""
+        hint = self.scroll.widget().minimumSizeHint()
+        return QSize(hint.width() + self.scroll.verticalScrollBar().sizeHint().width(), 200)
 
     # -- inputs -------------------------------------------------------------------------------
     def _refresh_slides(self, *_):
@@ -436,6 +482,9 @@ class AnalyseWidget(QWidget):
                                          scale_mode=scale_mode, cohort=cohort)
         kwargs["metadata"].update(histokd_analysis=True, coarse=key.split(":", 1)[0])
         layer = self.viewer.add_image(data, **kwargs)
+        points = self.layers.get("top_patches")
+        if points is not None:  # the ranked outlines stay on top of the map
+            self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(points))
         for other in self.layers.values():
             other.visible = False
         self.layers = {"fine": layer, **self.layers}
@@ -453,7 +502,12 @@ class AnalyseWidget(QWidget):
                 sizes, colors = lyr.metadata["legend"], lyr.metadata["colors"]
                 legend.append(f"<b>{html.escape(key[9:])}</b>: " + " &nbsp; ".join(
                     f"{_swatch(colors[k])} #{k}: {v}" for k, v in sizes.items()))
-        self.clusters_legend.setText("<br>".join(legend) or "none")
+        self.clusters_legend.setText("<br>".join(legend))
+        shown = {"pathways": bool(expl.pathway_maps), "clusters": bool(legend),
+                 "memory": expl.memory is not None and len(expl.memory) > 0}
+        for name, widgets in self.sections.items():
+            for widget in widgets:
+                widget.setVisible(shown[name])
         self.component.blockSignals(True)
         self.component.clear()
         if expl.memory is not None:

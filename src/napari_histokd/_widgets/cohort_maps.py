@@ -30,6 +30,9 @@ from histokd_core.cancel import CancelToken
 from histokd_core.workflows.predict_cohort import CohortMaps, predict_cohort_maps, run_of_checkpoint
 from napari_histokd._widgets._common import WorkerSignals, notify_error, path_row
 
+#: link colour readable on napari's dark and light themes.
+LINK = "#5fa8e8"
+
 
 class CohortMapsPanel(QWidget):
     """Run folder (from the checkpoint), cohort table and output folder; predicts every slide.
@@ -173,7 +176,7 @@ class CohortMapsPanel(QWidget):
         self.status.setText("cancelled: finished slides are kept, a rerun resumes"
                             if self._cancel.cancelled() else "done")
         out = result.out.resolve()
-        self.output.setText(f"maps in <a href='{out.as_uri()}'>{html.escape(str(out))}</a> "
+        self.output.setText(f"maps in <a style='color:{LINK}' href='{out.as_uri()}'>{html.escape(str(out))}</a> "
                             "(summary.csv, colour_scale.json, one folder per slide)")
 
     def _on_error(self, exc: BaseException):
