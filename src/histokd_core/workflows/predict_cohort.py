@@ -26,6 +26,7 @@ others.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -485,7 +486,10 @@ def predict_cohort_maps(
         client.close()
         if cluster is not None and token.cancelled():
             # a busy worker takes seconds to stop: close the cluster behind the returned summary
-            threading.Thread(target=cluster.close, name="histokd-close-cluster", daemon=True).start()
+            # (and let it finish before distributed's own exit hook, registered earlier, runs)
+            closer = threading.Thread(target=cluster.close, name="histokd-close-cluster", daemon=True)
+            closer.start()
+            atexit.register(closer.join, 30)
         elif cluster is not None:
             cluster.close()
     for job in jobs:  # cancelled: a slide not finished is reported, never dropped
