@@ -609,3 +609,21 @@ def test_all_slides_cancel_stops_at_once_and_reports_every_slide(cohort_dock, qt
     assert len(summary) == n and (summary["reason"] == "cancelled").sum() >= 1
     assert (summary["status"] == "done").sum() >= 1
     assert "cancelled" in panel.status.text() and "FAILED" in panel.summary.text()
+
+
+def test_cohort_scale_without_cohort_maps_says_what_to_do(cohort_dock, qtbot, cohort_dir, tmp_path,
+                                                          monkeypatch):
+    """The cohort colour scale before any "all slides" run: a notification that says to predict
+    them first (before any analysis work), no layers."""
+    import pandas as pd
+
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+    w = cohort_dock.w
+    w.cohort_maps.maps.setText(str(tmp_path / "no maps yet"))
+    w.scale_mode.setCurrentText("cohort")
+    w.slide_id.setText(pd.read_csv(cohort_dir / "cohort.csv", dtype=str)["slide_id"][0])
+    assert w.start() is not None
+    qtbot.waitUntil(w.run_btn.isEnabled, timeout=30_000)
+    assert shown and "predict all slides of the run" in shown[0]
+    assert w.analysis is None and not w.layers
