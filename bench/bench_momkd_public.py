@@ -101,8 +101,8 @@ PUBLIC_TRAIN_ARGS = (
     "--patience", "1", "--stop_epoch", "1", "--k", "5",
 )
 COHORTS = {
-    # morphology strong enough for a mean-pool linear model (5-fold AUC ~0.92 at 120 cases; the
-    # default knobs give ~0.76 since the synthetic cohort of 2026-12-02)
+    # morphology strong enough for a mean-pool linear model (5-fold test AUC 0.86 at 120 cases,
+    # seeds 0-2; the default knobs give 0.67: docs/benchmarks.md, issue 12)
     "separable": {"histology_signal": 4.0, "histology_noise": 0.3, "planted_fraction": 0.4},
     # the synthetic cohort's default knobs (``SignalKnobs()``)
     "default": {},
