@@ -156,6 +156,18 @@ def test_cohort_maps_resume_and_report_failures(run_dir, cohort_dir, tmp_path, c
     assert (summary["status"] == "done").all() and summary["out_of_fold"].all()
     scale = json.loads((maps / "colour_scale.json").read_text())["attention"]
     assert scale["mode"] == "cohort" and scale["low"] == 0.0 and scale["high"] >= 2.0
+    # the same scale read back for any later slide; a map the cohort maps lack is refused
+    from histokd_core.errors import DataError
+    from histokd_core.methods.base import Explanation
+    from histokd_core.workflows.predict_cohort import check_cohort_scales, run_colour_scales
+
+    scales = run_colour_scales(maps)
+    assert set(scales) == {"attention"} and scales["attention"].high == pytest.approx(scale["high"])
+    n = 4
+    other = Explanation(coords=np.zeros((n, 2), np.int64), patch_size=256, attention=np.full(n, 1 / n),
+                        pathway_maps={"HYPOXIA": np.full(n, 1 / n)})
+    with pytest.raises(DataError, match="no 'pathway:HYPOXIA' map"):
+        check_cohort_scales(scales, other, maps)
     one = maps / str(cohort["slide_id"][0])
     for name in ("maps.csv", "maps.json", "maps.geojson", "attention.png", "done.json"):
         assert (one / name).is_file(), name

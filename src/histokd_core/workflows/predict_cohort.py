@@ -382,6 +382,19 @@ def run_colour_scales(maps_dir: str | os.PathLike, names: Sequence[str] | None =
     return pooled_scales(pool, names)
 
 
+def check_cohort_scales(scales: dict[str, Any], expl, maps_dir: str | os.PathLike) -> None:
+    """Raise :class:`DataError` when ``scales`` (:func:`run_colour_scales` of ``maps_dir``) lack a
+    scored map of the Explanation ``expl`` (its slides were predicted with another model)."""
+    from histokd_core.workflows.predict import explanation_table
+
+    names = [c for c in explanation_table(expl)[0][3:] if not c.startswith("cluster:")]
+    missing = [n for n in names if n not in scales]
+    if missing:
+        raise DataError(f"cohort colour scale: the cohort maps in {maps_dir} have no {missing[0]!r} map "
+                        f"({len(missing)} of {len(names)} missing; made with another model?): predict all "
+                        "slides of this run with this checkpoint")
+
+
 def predict_cohort_maps(
     run: str | os.PathLike,
     cohort: str | os.PathLike,

@@ -122,7 +122,7 @@ def analyse_with_fine_maps(stride_div: int, min_tissue: float, progress=None, ca
     folder fails before any work), None without it. Progress fractions are split between the
     analysis and the fine maps."""
     from histokd_core.progress import ProgressEvent
-    from histokd_core.workflows.predict_cohort import run_colour_scales
+    from histokd_core.workflows.predict_cohort import check_cohort_scales, run_colour_scales
 
     scales = run_colour_scales(cohort_maps) if cohort_maps else None
 
@@ -132,10 +132,15 @@ def analyse_with_fine_maps(stride_div: int, min_tissue: float, progress=None, ca
         return lambda e: progress(ProgressEvent("message", lo + (hi - lo) * e.fraction, label + e.message))
 
     if not stride_div:
-        return analyse_slide(progress=progress, cancel=cancel, **kwargs), None, scales
+        analysis = analyse_slide(progress=progress, cancel=cancel, **kwargs)
+        if scales is not None:
+            check_cohort_scales(scales, analysis.explanation, cohort_maps)
+        return analysis, None, scales
     from histokd_core.workflows.fine_maps import fine_maps_slide
 
     analysis = analyse_slide(progress=part(0.0, 0.5), cancel=cancel, **kwargs)
+    if scales is not None:
+        check_cohort_scales(scales, analysis.explanation, cohort_maps)
     if not kwargs.get("slide_path"):
         raise ValueError("fine maps need the slide file (open the slide with this plugin's reader)")
     fine = fine_maps_slide(kwargs["checkpoint"], kwargs["slide_path"], Path(kwargs["extract_to"]) / "heatmaps",
