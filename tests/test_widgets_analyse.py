@@ -611,6 +611,26 @@ def test_all_slides_cancel_stops_at_once_and_reports_every_slide(cohort_dock, qt
     assert "cancelled" in panel.status.text() and "FAILED" in panel.summary.text()
 
 
+def test_all_slides_cancel_while_the_cluster_starts(cohort_dock, qtbot, cohort_dir, tmp_path):
+    """Cancel at once, while the dask workers are still starting: the dock does not wait for
+    them; every slide is listed as cancelled."""
+    import time
+
+    import pandas as pd
+
+    panel = cohort_dock.panel
+    panel.maps.setText(str(tmp_path / "maps"))
+    assert panel.start() is not None
+    qtbot.wait(200)
+    asked = time.perf_counter()
+    panel.cancel()
+    qtbot.waitUntil(panel.run_btn.isEnabled, timeout=60_000)
+    assert time.perf_counter() - asked < 1.0
+    summary = pd.read_csv(tmp_path / "maps" / "summary.csv")
+    assert len(summary) == len(pd.read_csv(cohort_dir / "cohort.csv"))
+    assert (summary["reason"] == "cancelled").all()
+
+
 def test_cohort_scale_without_cohort_maps_says_what_to_do(cohort_dock, qtbot, cohort_dir, tmp_path,
                                                           monkeypatch):
     """The cohort colour scale before any "all slides" run: a notification that says to predict

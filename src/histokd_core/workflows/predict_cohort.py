@@ -395,6 +395,57 @@ def check_cohort_scales(scales: dict[str, Any], expl, maps_dir: str | os.PathLik
                         "slides of this run with this checkpoint")
 
 
+def _start_client(scheduler: str | None, n_workers: int, token: CancelToken):
+    """:func:`~histokd_core.cluster.dask_client`, or None when cancelled while the cluster starts
+    (it is then closed once up). From the main thread (the CLI, whose Ctrl-C handling needs the
+    workers started there) a plain call; elsewhere (a GUI's worker thread) it starts in a helper
+    thread, so a cancel never waits for the worker processes to come up."""
+    from histokd_core.cluster import dask_client
+
+    if threading.current_thread() is threading.main_thread():
+        return dask_client(scheduler, n_workers)
+    box: dict[str, Any] = {}
+
+    def start():
+        try:
+            box["started"] = dask_client(scheduler, n_workers)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box["error"] = exc
+
+    starter = threading.Thread(target=start, name="histokd-start-cluster", daemon=True)
+    starter.start()
+    while starter.is_alive() and not token.cancelled():
+        starter.join(POLL_S)
+    if starter.is_alive():
+        def close_when_up():
+            starter.join()
+            if "started" in box:
+                _close(*box["started"], behind=False)
+
+        closer = threading.Thread(target=close_when_up, name="histokd-close-cluster", daemon=True)
+        closer.start()
+        atexit.register(closer.join, 30)
+        return None
+    if "error" in box:
+        raise box["error"]
+    return box["started"]
+
+
+def _close(client, cluster, behind: bool) -> None:
+    """Close the client and the LocalCluster (None for an existing scheduler); ``behind``: the
+    cluster in a background thread (a busy worker takes seconds to stop), which finishes before
+    distributed's own exit hook (registered earlier) runs."""
+    client.close()
+    if cluster is None:
+        return
+    if not behind:
+        cluster.close()
+        return
+    closer = threading.Thread(target=cluster.close, name="histokd-close-cluster", daemon=True)
+    closer.start()
+    atexit.register(closer.join, 30)
+
+
 def predict_cohort_maps(
     run: str | os.PathLike,
     cohort: str | os.PathLike,
@@ -436,7 +487,6 @@ def predict_cohort_maps(
     """
     import pandas as pd
 
-    from histokd_core.cluster import dask_client
     from histokd_core.cohort import load_cohort
     from histokd_core.io import atomic_path, write_json
     from histokd_core.train.cv import read_run_config
@@ -468,43 +518,39 @@ def predict_cohort_maps(
     scales: dict[str, Any] = {}
     report(progress, 0.0, f"starting {n_workers} dask worker(s) for {len(jobs)} slide(s)"
            if not scheduler else f"connecting to {scheduler}")
-    client, cluster = dask_client(scheduler, n_workers)
-    try:
-        futures = {client.submit(predict_one, job, key=f"maps-{i}-{job['slide_id']}", pure=False): job
-                   for i, job in enumerate(jobs)}
-        for future in _finished(futures, token):
-            job = futures[future]
-            try:
-                row = future.result()
-            except Exception as exc:  # noqa: BLE001 - a killed worker, not bad input
-                row = _row(job, "failed", f"worker failed: {type(exc).__name__}: {exc}")
-            rows[job["slide_id"]] = row
-            report(progress, 0.9 * len(rows) / len(jobs),
-                   f"{job['slide_id']}: {row['status']} ({len(rows)}/{len(jobs)})")
-        ok = [j for j in jobs if j["slide_id"] in rows and rows[j["slide_id"]]["status"] in ("done", "skipped")]
-        if not token.cancelled():
-            pool = [j for j in ok if j["out_of_fold"]] or ok
-            scales = pooled_scales([Path(j["slide_dir"]) for j in pool], png_maps)
-        if scales and ok:
-            report(progress, 0.9, f"drawing {len(ok)} slide(s) on the cohort-wide colour scale")
-            renders = {client.submit(render_one, j["slide_dir"], j["slide_id"], scales,
-                                     key=f"png-{i}-{j['slide_id']}", pure=False): j
-                       for i, j in enumerate(ok)}
-            for future in _finished(renders, token):
-                j = renders[future]
-                outcome = future.result()
-                if not outcome["ok"]:
-                    rows[j["slide_id"]].update(status="failed", reason=f"PNG: {outcome['error']}")
-    finally:
-        client.close()
-        if cluster is not None and token.cancelled():
-            # a busy worker takes seconds to stop: close the cluster behind the returned summary
-            # (and let it finish before distributed's own exit hook, registered earlier, runs)
-            closer = threading.Thread(target=cluster.close, name="histokd-close-cluster", daemon=True)
-            closer.start()
-            atexit.register(closer.join, 30)
-        elif cluster is not None:
-            cluster.close()
+    ok: list[dict[str, Any]] = []
+    started = _start_client(scheduler, n_workers, token)
+    if started is not None:
+        client, cluster = started
+        try:
+            futures = {client.submit(predict_one, job, key=f"maps-{i}-{job['slide_id']}", pure=False): job
+                       for i, job in enumerate(jobs)}
+            for future in _finished(futures, token):
+                job = futures[future]
+                try:
+                    row = future.result()
+                except Exception as exc:  # noqa: BLE001 - a killed worker, not bad input
+                    row = _row(job, "failed", f"worker failed: {type(exc).__name__}: {exc}")
+                rows[job["slide_id"]] = row
+                report(progress, 0.9 * len(rows) / len(jobs),
+                       f"{job['slide_id']}: {row['status']} ({len(rows)}/{len(jobs)})")
+            ok = [j for j in jobs
+                  if j["slide_id"] in rows and rows[j["slide_id"]]["status"] in ("done", "skipped")]
+            if not token.cancelled():
+                pool = [j for j in ok if j["out_of_fold"]] or ok
+                scales = pooled_scales([Path(j["slide_dir"]) for j in pool], png_maps)
+            if scales and ok:
+                report(progress, 0.9, f"drawing {len(ok)} slide(s) on the cohort-wide colour scale")
+                renders = {client.submit(render_one, j["slide_dir"], j["slide_id"], scales,
+                                         key=f"png-{i}-{j['slide_id']}", pure=False): j
+                           for i, j in enumerate(ok)}
+                for future in _finished(renders, token):
+                    j = renders[future]
+                    outcome = future.result()
+                    if not outcome["ok"]:
+                        rows[j["slide_id"]].update(status="failed", reason=f"PNG: {outcome['error']}")
+        finally:
+            _close(client, cluster, behind=token.cancelled())
     for job in jobs:  # cancelled: a slide not finished is reported, never dropped
         rows.setdefault(job["slide_id"], _row(job, "failed", "cancelled"))
     if scales:
