@@ -12,6 +12,7 @@ from histokd_core.dataset import CohortData
 from histokd_core.errors import DataError
 from histokd_core.methods.baselines.pooled import (
     cox_risk,
+    distilled_ridge_risk,
     logistic_probs,
     mean_pooled,
     pca_cox_risk,
@@ -117,3 +118,40 @@ def test_reference_rows_classification(planted):
     rows = reference_rows(_data(planted, "classification"), planted)
     assert list(rows) == ["oracle", "logistic"]
     assert np.mean(rows["oracle"]) > 0.75 and np.mean(rows["logistic"]) > 0.55
+
+
+def test_distilled_ridge_is_ridge_on_cross_fitted_teacher_risks():
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
+
+    x, time, event = _survival(n=120, p=4, seed=3)
+    rng = np.random.default_rng(4)
+    omics = np.column_stack([x[:, 0] + 0.1 * rng.standard_normal(120),
+                             rng.standard_normal((120, 5))])
+    x_test = rng.standard_normal((7, 4))
+    got = distilled_ridge_risk(x, omics, time, event, x_test, seed=2)
+    target = np.zeros(120)
+    for fit, held in KFold(4, shuffle=True, random_state=2).split(omics):
+        frame = pd.DataFrame((omics[fit] - omics[fit].mean(0)) / omics[fit].std(0)).add_prefix("g")
+        cph = CoxPHFitter(penalizer=1.0).fit(frame.assign(T=time[fit], E=event[fit]), "T", "E")
+        z = (omics[held] - omics[fit].mean(0)) / omics[fit].std(0)
+        target[held] = z @ cph.params_.to_numpy()
+    mu, sd = x.mean(0), x.std(0)
+    expected = Ridge(alpha=10.0).fit((x - mu) / sd, target).predict((x_test - mu) / sd)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ridge_kd_row_reads_no_test_expression(planted):
+    table = validate_cohort(planted.cohort, "survival", None, where="synthetic")
+    data = CohortData(table, planted.features, omics=planted.expression, task="survival",
+                      n_folds=5, seed=0)
+    rows = reference_rows(data)
+    assert list(rows) == ["ridge_cox", "pca2_cox", "ridge_kd"]
+    assert np.mean(rows["ridge_kd"]) > 0.55
+    # scrambling every test case's expression leaves every fold's value unchanged
+    _, _, test_ids = data.folds.split(0)
+    scrambled = data.expression.copy()
+    scrambled.loc[list(test_ids)] = np.random.default_rng(0).standard_normal(
+        (len(test_ids), scrambled.shape[1]))
+    data.expression = scrambled
+    assert reference_rows(data)["ridge_kd"][0] == rows["ridge_kd"][0]

@@ -6,6 +6,13 @@ Every quality table compares the trained models with what needs no deep learning
   patch feature (all 20x patches of all its slides), standardised on the training cases;
 - ``pca2_cox``: the same features reduced to their first two principal components (fitted on the
   training cases), then an unpenalised Cox model;
+- ``ridge_kd`` (survival, when the cohort has expression): the same mean patch feature, a
+  *distilled* linear student. A linear teacher (ridge Cox, ``TEACHER_PENALIZER``, on the
+  expression) is cross-fitted on the training cases (:data:`KD_INNER_FOLDS` inner folds: every
+  case's target comes from a teacher that did not see it); a ridge regression (scikit-learn,
+  ``KD_RIDGE_ALPHA``) of those teacher risks on the standardised mean patch features is the
+  student. It reads slides only at test time. Beside ``ridge_cox`` (the same student fitted on
+  the labels) it measures what distillation gives a linear model;
 - ``logistic`` (classification): L2 logistic regression (scikit-learn) on the mean patch feature;
 - ``oracle`` (synthetic cohorts only): the same Cox / logistic model on what a slide-only observer
   who knows the planted truth can measure (:func:`histokd_core.synthetic.slide_oracle_features`:
@@ -33,6 +40,9 @@ if TYPE_CHECKING:
     from histokd_core.synthetic.cohort import FeatureCohort
 
 RIDGE_PENALIZER = 0.1  # lifelines' penalizer: 0.5 * penalizer * ||beta||^2 per case
+TEACHER_PENALIZER = 1.0  # ridge_kd's linear expression teacher (many genes, few cases)
+KD_RIDGE_ALPHA = 10.0  # ridge_kd's student: scikit-learn Ridge alpha on standardised features
+KD_INNER_FOLDS = 4
 
 
 def mean_pooled(data: CohortData, case_ids: list[str] | None = None) -> pd.DataFrame:
@@ -77,6 +87,36 @@ def cox_risk(
         warnings.simplefilter("ignore")  # lifelines' convergence chatter on tiny folds
         model = CoxPHFitter(penalizer=penalizer).fit(frame, "_time", "_event")
     return xt @ model.params_[cols].to_numpy()
+
+
+def distilled_ridge_risk(
+    x_train: np.ndarray, omics_train: np.ndarray, time: np.ndarray, event: np.ndarray,
+    x_test: np.ndarray, seed: int = 0,
+) -> np.ndarray:
+    """Slide-only risks of the ``ridge_kd`` reference: a ridge regression on ``x`` of cross-fitted
+    linear expression-teacher risks.
+
+    Parameters
+    ----------
+    x_train : ``(n, p)`` slide covariates (mean patch features); omics_train : ``(n, g)`` the same
+        cases' expression (the teacher's input, training cases only); time, event : ``(n,)``;
+    x_test : ``(m, p)`` slide covariates to score; seed : the inner folds' shuffle.
+
+    Returns
+    -------
+    ``(m,)`` risks (higher = shorter survival). ``x_test``'s cases' expression is never read.
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
+
+    omics_train = np.asarray(omics_train, np.float64)
+    event = np.asarray(event)
+    target = np.zeros(len(omics_train))
+    for fit, held in KFold(KD_INNER_FOLDS, shuffle=True, random_state=seed).split(omics_train):
+        target[held] = cox_risk(omics_train[fit], np.asarray(time)[fit], event[fit],
+                                omics_train[held], penalizer=TEACHER_PENALIZER)
+    xs, xt = _standardise(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
+    return Ridge(alpha=KD_RIDGE_ALPHA).fit(xs, target).predict(xt)
 
 
 def pca_cox_risk(
@@ -136,7 +176,8 @@ def reference_rows(
     Returns
     -------
     model -> per-fold test C-index (survival: ``oracle``, ``ridge_cox``, ``pca2_cox``) or AUC
-    (classification: ``oracle``, ``logistic``), in fold order.
+    (classification: ``oracle``, ``logistic``), in fold order; with expression also
+    ``ridge_kd`` (survival).
     """
     pooled = mean_pooled(data)
     sources = {"pooled": pooled}
@@ -153,6 +194,9 @@ def reference_rows(
     models = {"oracle": "oracle"} if cohort is not None else {}
     models.update({"ridge_cox": "pooled", "pca2_cox": "pooled"} if survival
                   else {"logistic": "pooled"})
+    expression = getattr(data, "expression", None)
+    if survival and expression is not None:
+        models["ridge_kd"] = "pooled"
     rows: dict[str, list[float]] = {name: [] for name in models}
     for fold in range(data.n_folds):
         train_ids, val_ids, test_ids = data.folds.split(fold)
@@ -163,8 +207,14 @@ def reference_rows(
             x_test = sources[source].loc[test_ids].to_numpy()
             if survival:
                 args = (x_fit, fit["survival_months"].to_numpy(), fit["event"].to_numpy(), x_test)
-                risk = (pca_cox_risk(*args) if name == "pca2_cox"
-                        else cox_risk(*args, penalizer=penalizer if name == "ridge_cox" else 0.0))
+                if name == "ridge_kd":
+                    risk = distilled_ridge_risk(
+                        x_fit, expression.loc[fit_ids].to_numpy(), *args[1:], seed=fold
+                    )
+                elif name == "pca2_cox":
+                    risk = pca_cox_risk(*args)
+                else:
+                    risk = cox_risk(*args, penalizer=penalizer if name == "ridge_cox" else 0.0)
                 value = c_index(test["survival_months"], risk, test["event"])
             else:
                 probs = logistic_probs(x_fit, fit["label"].to_numpy(), x_test)
