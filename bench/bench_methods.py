@@ -57,6 +57,11 @@ PAIRS = (
     ("student", "ridge_kd (reference)"),
     ("ridge_kd (reference)", "ridge_cox (reference)"),
     ("student", "oracle (reference)"),
+    ("linear_student", "linear_student_no_kd"),
+    ("linear_student", "abmil"),
+    ("linear_student", "student"),
+    ("linear_student", "ridge_kd (reference)"),
+    ("linear_student_no_kd", "ridge_cox (reference)"),
 )
 
 

@@ -213,3 +213,45 @@ def test_trains_with_the_engine_trainer(one_thread, tmp_path):
     assert result.epochs_run == 2
     assert "train_ge" in result.history[-1] and "train_kd" in result.history[-1]
     torch.testing.assert_close(teacher.head[0].weight, before)  # the teacher stays frozen
+
+
+def test_linear_student_loss_prepare_and_learning(one_thread):
+    from histokd_core.methods.amkd.linear_student import LinearStudent
+    from histokd_core.train.trainer import TrainConfig, Trainer
+
+    info = small_info()
+    cfg = dataclasses.replace(SMALL, linear_students=True, kd_weight=0.5)
+    names = [s.name for s in stages(cfg)]
+    assert names[3:5] == ["linear_student", "linear_student_no_kd"]
+    by_name = {s.name: s for s in stages(cfg)}
+    assert by_name["linear_student"].requires == ("teacher",)
+    assert by_name["linear_student_no_kd"].stream == by_name["linear_student"].stream
+
+    train, test = planted_bags(64, 10), planted_bags(40, 11)
+    teacher = by_name["teacher"].build(info, {})
+    _fit(teacher, train, epochs=6)
+    teacher.requires_grad_(False)
+    student = by_name["linear_student"].build(info, {"teacher": teacher})
+    assert isinstance(student, LinearStudent)
+    student.prepare(train)
+    means = torch.stack([b.feats.mean(0) for b in train])
+    torch.testing.assert_close(student.mu, means.mean(0))
+    torch.testing.assert_close(student.sd, means.std(0, unbiased=False))
+    # loss = Cox + kd_weight x risk regression on the teacher's risks, same patches
+    bags = train[:6]
+    out = student.loss(bags)
+    r_s = torch.stack([student.linear((b.feats.mean(0) - student.mu) / student.sd)[0] for b in bags])
+    r_t = torch.stack([teacher.forward_bag(b.feats, b.omics)[0] for b in bags])
+    torch.testing.assert_close(out["loss"], batch_cox(r_s, bags) + 0.5 * risk_regression_loss(r_s, r_t))
+    ablation = by_name["linear_student_no_kd"].build(info, {})
+    assert set(ablation.loss(bags)) == {"loss", "cox"}
+    # slide only at inference: the expression does not change the prediction; uniform attention
+    b = test[0]
+    pred = student.predict(b)
+    scrambled = Bag(b.case_id, b.feats, b.coords, omics=torch.randn_like(b.omics))
+    assert float(student.predict(scrambled).risk) == float(pred.risk)
+    torch.testing.assert_close(pred.attention.sum(), torch.tensor(1.0))
+    # it learns the planted signal through the engine (prepare runs there)
+    fresh = by_name["linear_student"].build(info, {"teacher": teacher})
+    Trainer().fit(fresh, train, [], TrainConfig(epochs=40, batch_size=16, lr=3e-2, device="cpu"))
+    assert _cindex(fresh, test) > 0.7

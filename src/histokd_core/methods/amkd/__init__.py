@@ -3,8 +3,9 @@ Biomedicine 2026). No public code exists; SurvPath (Jaume et al., CVPR 2024) is 
 relative and supplies the pathway tokenisation and the pathway/patch attention pattern.
 
 Stages per fold: ``teacher`` (slides + omics), ``student`` (slides only, distilled from the
-frozen teacher), ``student_no_kd`` (same student, Cox loss only), ``abmil`` and ``omics_only``
-baselines. With ``teacher_targets = "cross_fit"`` a stage ``teacher_cf`` (not reported) trains
+frozen teacher), ``student_no_kd`` (same student, Cox loss only), optionally
+``linear_student`` / ``linear_student_no_kd`` (:mod:`.linear_student`, not the paper's), and the
+``abmil`` and ``omics_only`` baselines. With ``teacher_targets = "cross_fit"`` a stage ``teacher_cf`` (not reported) trains
 ``inner_folds`` inner teachers and the student distils, case by case, from the one that did not
 train on the case (:mod:`histokd_core.methods.crossfit`). See :mod:`.teacher`, :mod:`.student`
 and :mod:`.losses` for the formulas.
@@ -41,6 +42,9 @@ class Config:
     distill_loss : ``"paper"`` (default: ``alpha * (L_GE + L_KD + L_surv) + (1 - alpha) * L_ARR``)
         or ``"risk"`` (not the paper's: ``L_surv + kd_weight * L_risk``, the student regressing the
         teacher's batch-standardised risks; :mod:`.losses` says why); kd_weight : its weight (1.0).
+    linear_students : also train ``linear_student`` (a distilled linear student on the standardised
+        mean patch feature: :mod:`.linear_student`; not in the paper) and its Cox-only ablation
+        ``linear_student_no_kd`` (False).
     teacher_targets : ``"in_sample"`` (default: the fold's teacher gives every training case's
         distillation targets) or ``"cross_fit"`` (each training case's targets come from one of
         ``inner_folds`` teachers trained without it; stage ``teacher_cf``).
@@ -68,6 +72,7 @@ class Config:
     ge_target: str = "patch"
     distill_loss: str = "paper"
     kd_weight: float = 1.0
+    linear_students: bool = False
     teacher_targets: str = "in_sample"
     inner_folds: int = 4
     max_train_patches: int | None = 4096
@@ -116,7 +121,8 @@ class Config:
 
 def stages(config: Config) -> list[Stage]:
     """``teacher``, [``teacher_cf``,] ``student`` (requires its teacher), ``student_no_kd``,
-    ``abmil``, ``omics_only``."""
+    [``linear_student`` (requires its teacher), ``linear_student_no_kd``,] ``abmil``,
+    ``omics_only``."""
 
     def build_teacher(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.amkd.teacher import AMKDTeacher
@@ -151,6 +157,20 @@ def stages(config: Config) -> list[Stage]:
 
         return snn.build(info)
 
+    def build_linear(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
+        from histokd_core.methods.amkd.linear_student import LinearStudent
+
+        return LinearStudent(info, config, teacher=trained.get(source), distill=True)
+
+    def build_linear_no_kd(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
+        from histokd_core.methods.amkd.linear_student import LinearStudent
+
+        return LinearStudent(info, config, teacher=None, distill=False)
+
+    linear = [
+        Stage("linear_student", build_linear, requires=(source,)),
+        Stage("linear_student_no_kd", build_linear_no_kd, seed_key="linear_student"),
+    ] if config.linear_students else []
     cross_fit = (
         [Stage("teacher_cf", build_teacher_cf, report=False)] if source == "teacher_cf" else []
     )
@@ -159,6 +179,7 @@ def stages(config: Config) -> list[Stage]:
         *cross_fit,
         Stage("student", build_student, requires=(source,)),
         Stage("student_no_kd", build_student_no_kd, seed_key="student"),
+        *linear,
         Stage("abmil", build_abmil),
         Stage("omics_only", build_omics_only),
     ]

@@ -38,6 +38,13 @@ def subsample(n: int, k: int | None, device: torch.device) -> torch.Tensor | Non
     return torch.randperm(n, device=device)[:k]
 
 
+def case_teacher(teacher, bag: Bag):
+    """The teacher whose outputs are ``bag``'s distillation targets: ``teacher`` itself, or with
+    cross-fitted targets (:class:`~histokd_core.methods.crossfit.CrossFitTeachers`) the inner
+    teacher that did not train on the case."""
+    return teacher.for_case(bag.case_id) if hasattr(teacher, "for_case") else teacher
+
+
 def batch_cox(risks: torch.Tensor, bags: Sequence[Bag]) -> torch.Tensor:
     """Cox NLL of risks ``(B,)`` for the bags' times and events."""
     time = torch.tensor([float(b.time) for b in bags], dtype=torch.float64, device=risks.device)

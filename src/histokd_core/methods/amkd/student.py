@@ -43,6 +43,7 @@ from histokd_core.methods.amkd.losses import (
 )
 from histokd_core.methods.amkd.shared import (
     batch_cox,
+    case_teacher,
     patch_projection,
     pathway_explanation,
     pathway_names,
@@ -101,11 +102,8 @@ class AMKDStudent(BagModel):
         return (h if self.patch_proj is None else e_ge).mean(0)
 
     def teacher_for(self, bag: Bag) -> AMKDTeacher:
-        """The teacher whose outputs are this case's targets: the frozen teacher, or with
-        cross-fitted targets (:class:`~histokd_core.methods.crossfit.CrossFitTeachers`) the inner
-        teacher that did not train on ``bag``."""
-        t = self.teacher
-        return t.for_case(bag.case_id) if hasattr(t, "for_case") else t
+        """The teacher whose outputs are this case's targets (:func:`.shared.case_teacher`)."""
+        return case_teacher(self.teacher, bag)
 
     def loss(self, bags: Sequence[Bag]) -> dict[str, torch.Tensor]:
         use_teacher = self.distill
