@@ -220,7 +220,7 @@ def test_linear_student_loss_prepare_and_learning(one_thread):
     from histokd_core.train.trainer import TrainConfig, Trainer
 
     info = small_info()
-    cfg = dataclasses.replace(SMALL, linear_students=True, kd_weight=0.5)
+    cfg = dataclasses.replace(SMALL, linear_students=True, kd_weight=0.5, linear_l2=0.3)
     names = [s.name for s in stages(cfg)]
     assert names[3:5] == ["linear_student", "linear_student_no_kd"]
     by_name = {s.name: s for s in stages(cfg)}
@@ -237,13 +237,19 @@ def test_linear_student_loss_prepare_and_learning(one_thread):
     means = torch.stack([b.feats.mean(0) for b in train])
     torch.testing.assert_close(student.mu, means.mean(0))
     torch.testing.assert_close(student.sd, means.std(0, unbiased=False))
-    # loss = Cox + kd_weight x risk regression on the teacher's risks, same patches
+    # loss = Cox + kd_weight x risk regression on the teacher's risks (same patches) + ridge
     bags = train[:6]
     out = student.loss(bags)
     r_s = torch.stack([student.linear((b.feats.mean(0) - student.mu) / student.sd)[0] for b in bags])
     r_t = torch.stack([teacher.forward_bag(b.feats, b.omics)[0] for b in bags])
-    torch.testing.assert_close(out["loss"], batch_cox(r_s, bags) + 0.5 * risk_regression_loss(r_s, r_t))
+    ridge = 0.3 * student.linear.weight.pow(2).sum()
+    torch.testing.assert_close(
+        out["loss"], batch_cox(r_s, bags) + 0.5 * risk_regression_loss(r_s, r_t) + ridge)
     ablation = by_name["linear_student_no_kd"].build(info, {})
+    ablation.prepare(train)
+    r_a = torch.stack([ablation.forward_bag(b.feats) for b in bags])
+    torch.testing.assert_close(ablation.loss(bags)["loss"], batch_cox(r_a, bags)
+                               + 0.3 * ablation.linear.weight.pow(2).sum())
     assert set(ablation.loss(bags)) == {"loss", "cox"}
     # slide only at inference: the expression does not change the prediction; uniform attention
     b = test[0]
@@ -255,3 +261,17 @@ def test_linear_student_loss_prepare_and_learning(one_thread):
     fresh = by_name["linear_student"].build(info, {"teacher": teacher})
     Trainer().fit(fresh, train, [], TrainConfig(epochs=40, batch_size=16, lr=3e-2, device="cpu"))
     assert _cindex(fresh, test) > 0.7
+
+
+def test_linear_student_trains_with_its_own_settings():
+    from histokd_core.train.trainer import TrainConfig
+
+    cfg = dataclasses.replace(SMALL, linear_students=True, linear_lr=0.05, linear_epochs=7,
+                              linear_patience=3)
+    by_name = {s.name: s for s in stages(cfg)}
+    run = TrainConfig(lr=1e-3, epochs=40, patience=10, seed=4)
+    own = by_name["linear_student_no_kd"].build(small_info(), {}).train_config(run)
+    assert (own.lr, own.epochs, own.patience, own.seed) == (0.05, 7, 3, 4)
+    assert by_name["student"].build(small_info(), {}).train_config(run) is run
+    with pytest.raises(ConfigError, match="linear_lr"):
+        dataclasses.replace(SMALL, linear_lr=0.0)

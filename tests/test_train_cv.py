@@ -159,3 +159,17 @@ def test_ablation_shares_the_random_stream_of_its_full_model():
            for m in models]
     assert own[0].keys() == own[1].keys()
     assert all(torch.equal(own[0][k], own[1][k]) for k in own[0])
+
+
+def test_a_model_may_train_with_its_own_settings(tmp_path, monkeypatch):
+    # BagModel.train_config: run_cv trains each stage with the settings its model asks for
+    import dataclasses
+
+    from histokd_core.methods.baselines import abmil
+
+    monkeypatch.setattr(abmil.ABMIL, "train_config",
+                        lambda self, config: dataclasses.replace(config, epochs=1), raising=False)
+    run_cv(METHOD, {"models": ["abmil", "omics_only"]}, TinyCohort(n_folds=2), tmp_path / "r",
+           cfg(epochs=3, patience=10))
+    history = json.loads((tmp_path / "r" / "history.json").read_text())["fold_0"]
+    assert len(history["abmil"]) == 1 and len(history["omics_only"]) == 3

@@ -101,6 +101,12 @@ class BagModel(nn.Module):
     def prepare(self, train_bags: Sequence[Bag], seed: int = 0) -> None:
         """Called once by the trainer before the first epoch (e.g. MoMKD's k-means memory init)."""
 
+    def train_config(self, config):
+        """The training settings (a :class:`histokd_core.train.TrainConfig`; methods sit below
+        ``train``, hence no annotation) of this model in a run whose settings are ``config``:
+        ``config`` itself unless the model needs its own (e.g. a linear student's step size)."""
+        return config
+
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer at the start of every epoch (0-based), e.g. for warm-up schedules."""
 

@@ -214,7 +214,8 @@ def run_cv(
             # a resumed run rebuilds them alike, and adding a stage leaves the others unchanged
             seed_everything(stage_seed(train_config.seed, fold, stage.stream))
             model = stage.build(fd.info, dict(trained))
-            meta = _stage_meta(method_name, config, stage.name, fold, fd.info, train_config)
+            stage_config = model.train_config(train_config)
+            meta = _stage_meta(method_name, config, stage.name, fold, fd.info, stage_config)
             final = fold_dir / f"{stage.name}.safetensors"
             state = fold_dir / f"{stage.name}.state.safetensors"
             if isinstance(model, CrossFitTeachers):
@@ -232,7 +233,7 @@ def run_cv(
                 progress = Progress(
                     stage=stage.name,
                     epoch=0,
-                    n_epochs=train_config.epochs,
+                    n_epochs=stage_config.epochs,
                     fold=fold,
                     n_folds=len(folds),
                     stage_index=stage_no,
@@ -243,7 +244,7 @@ def run_cv(
                     model,
                     fd.train,
                     fd.val,
-                    train_config,
+                    stage_config,
                     callbacks,
                     cancel=token,
                     state_path=state,

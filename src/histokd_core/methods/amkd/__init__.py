@@ -44,7 +44,9 @@ class Config:
         teacher's batch-standardised risks; :mod:`.losses` says why); kd_weight : its weight (1.0).
     linear_students : also train ``linear_student`` (a distilled linear student on the standardised
         mean patch feature: :mod:`.linear_student`; not in the paper) and its Cox-only ablation
-        ``linear_student_no_kd`` (False).
+        ``linear_student_no_kd`` (False); linear_l2 : their ridge penalty on the weights (0.05);
+        linear_lr, linear_epochs, linear_patience : their own training settings (2e-2, 100, 30),
+        in place of the run's.
     teacher_targets : ``"in_sample"`` (default: the fold's teacher gives every training case's
         distillation targets) or ``"cross_fit"`` (each training case's targets come from one of
         ``inner_folds`` teachers trained without it; stage ``teacher_cf``).
@@ -73,6 +75,10 @@ class Config:
     distill_loss: str = "paper"
     kd_weight: float = 1.0
     linear_students: bool = False
+    linear_l2: float = 0.05
+    linear_lr: float = 2e-2
+    linear_epochs: int = 100
+    linear_patience: int = 30
     teacher_targets: str = "in_sample"
     inner_folds: int = 4
     max_train_patches: int | None = 4096
@@ -95,6 +101,11 @@ class Config:
         if self.ge_target not in ("patch", "pathway"):
             raise ConfigError(
                 f"amkd ge_target must be 'patch' or 'pathway', got {self.ge_target!r}"
+            )
+        if self.linear_l2 < 0 or self.linear_lr <= 0 or self.linear_epochs < 1:
+            raise ConfigError(
+                "amkd linear_l2 must be >= 0, linear_lr > 0 and linear_epochs >= 1, got "
+                f"{self.linear_l2} / {self.linear_lr} / {self.linear_epochs}"
             )
         if self.distill_loss not in ("paper", "risk") or self.kd_weight < 0:
             raise ConfigError(

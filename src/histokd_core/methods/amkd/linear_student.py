@@ -5,7 +5,8 @@ Not in the paper. ``risk = w . (mean_n(x_n) - mu) / sd + b`` with ``feats (n, F)
 kept as buffers in the checkpoint). Distilled (``distill=True``): the Cox loss plus
 ``Config.kd_weight`` x :func:`~histokd_core.methods.amkd.losses.risk_regression_loss` of its risks
 on the frozen AMKD teacher's (the same patches; with cross-fitted targets the inner teacher that
-did not train on the case); its ablation trains on the Cox loss only. Why it exists: on the
+did not train on the case); its ablation trains on the Cox loss only. Both add the ridge
+penalty ``Config.linear_l2 * ||w||^2`` (standardised features, so one scale for every weight). Why it exists: on the
 redesigned synthetic cohort the paper's student does not gain from its teacher while a linear
 student does (docs/benchmarks.md, "Distillation"). Mean pooling weighs every patch alike, so
 :meth:`predict` reports a uniform attention ``1/n``. ``predict`` never reads ``bag.omics``.
@@ -13,6 +14,7 @@ student does (docs/benchmarks.md, "Distillation"). Mean pooling weighs every pat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -43,6 +45,14 @@ class LinearStudent(BagModel):
             teacher.requires_grad_(False).eval()
         self.teacher = teacher
 
+    def train_config(self, config):
+        """The run's settings with the linear student's own ``Config.linear_lr``,
+        ``linear_epochs`` and ``linear_patience`` (a linear model on 32-1024 standardised features
+        needs a larger step and more epochs than the attention models of the same run)."""
+        c = self.config
+        return dataclasses.replace(config, lr=c.linear_lr, epochs=c.linear_epochs,
+                                   patience=c.linear_patience)
+
     def prepare(self, train_bags: Sequence[Bag], seed: int = 0) -> None:
         """Fit ``mu, sd`` ``(F,)`` on the training cases' mean patch features."""
         means = torch.stack([b.feats.to(torch.float32).mean(0) for b in train_bags])
@@ -62,8 +72,9 @@ class LinearStudent(BagModel):
             feats.append(b.feats if idx is None else b.feats[idx])
         r_s = torch.stack([self.forward_bag(f) for f in feats])
         l_surv = batch_cox(r_s, bags)
+        l2 = self.config.linear_l2 * self.linear.weight.pow(2).sum()
         if not self.distill:
-            return {"loss": l_surv, "cox": l_surv.detach()}
+            return {"loss": l_surv + l2, "cox": l_surv.detach()}
         if self.teacher is None:
             raise HistoKDError(
                 "the distilled linear student needs its trained teacher (stage 'teacher') to train"
@@ -75,7 +86,7 @@ class LinearStudent(BagModel):
             ])
         l_risk = risk_regression_loss(r_s, r_t)
         return {
-            "loss": l_surv + self.config.kd_weight * l_risk,
+            "loss": l_surv + self.config.kd_weight * l_risk + l2,
             "cox": l_surv.detach(),
             "risk_kd": l_risk.detach(),
         }
