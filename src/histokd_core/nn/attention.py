@@ -25,6 +25,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``scaled_dot_product_attention`` of ``(heads, n, dh)`` tensors through a batch of one.
+
+    Given 3-d inputs torch takes its unfused math path on the CPU (the ``(n_q, n_k)`` scores
+    materialised, then softmax, then a second product); with a leading batch dimension it takes
+    the fused flash-attention CPU kernel, equal to 1e-7 and ~2.6 x faster (4 heads x 64, 8 000
+    tokens, one thread; docs/benchmarks.md, issue 16).
+    """
+    return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
+
+
 def chunked_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int = 1024
 ) -> torch.Tensor:
@@ -41,15 +52,15 @@ def chunked_sdpa(
     backward pass), so training memory is linear in ``n_q``.
     """
     if q.shape[1] <= chunk_size:
-        return F.scaled_dot_product_attention(q, k, v)
+        return sdpa(q, k, v)
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     outs = []
     for start in range(0, q.shape[1], chunk_size):
         qc = q[:, start : start + chunk_size]
         if grad:
-            outs.append(checkpoint(F.scaled_dot_product_attention, qc, k, v, use_reentrant=False))
+            outs.append(checkpoint(sdpa, qc, k, v, use_reentrant=False))
         else:
-            outs.append(F.scaled_dot_product_attention(qc, k, v))
+            outs.append(sdpa(qc, k, v))
     return torch.cat(outs, dim=1)
 
 
