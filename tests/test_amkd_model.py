@@ -52,7 +52,8 @@ def planted_bags(n, seed, feat_dim=16, n_genes=40, n_patch=40):
 
 def test_stages_and_tasks():
     st = stages(Config())
-    assert [s.name for s in st] == ["teacher", "student", "student_no_kd", "abmil", "omics_only"]
+    assert [s.name for s in st] == ["teacher", "student", "student_no_kd", "linear_student",
+                                    "linear_student_no_kd", "abmil", "omics_only"]
     assert st[1].requires == ("teacher",)
     assert TASKS == ("survival",)
     with pytest.raises(ConfigError, match="alpha"):

@@ -19,7 +19,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, caplog):
     assert "student - student_no_kd" in caplog.text and "student - abmil" in caplog.text
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     assert metrics["method"] == "amkd" and metrics["task"] == "survival"
-    assert set(metrics["summary"]) == {"teacher", "student", "student_no_kd", "abmil", "omics_only"}
+    assert set(metrics["summary"]) == {"teacher", "student", "student_no_kd", "linear_student",
+                                       "linear_student_no_kd", "abmil", "omics_only"}
     assert [f["fold"] for f in metrics["folds"]] == [0, 1]
     assert (out / "run" / "km.png").stat().st_size > 0
     overlays = sorted(p.name for p in (out / "overlays").glob("*.png"))

@@ -103,16 +103,18 @@ _DEMO_ROWS = (  # model, what it reads
     ("teacher", "slides + omics"),
     ("student", "slides, distilled"),
     ("student_no_kd", "slides, no teacher"),
+    ("linear_student", "slides, distilled"),
+    ("linear_student_no_kd", "slides, no teacher"),
     ("abmil", "slides"),
     ("omics_only", "omics"),
 )
 
 
 def comparison_table(metrics: dict) -> str:
-    """Teacher, distilled student, the same student without a teacher, ABMIL and the omics-only
-    model side by side (test C-index per fold, mean +- sd), then the paired differences
-    ``student - student_no_kd`` and ``student - abmil`` over folds (mean +- standard error,
-    folds better) and what they say."""
+    """Teacher, distilled student, the same student without a teacher, the linear students, ABMIL
+    and the omics-only model side by side (test C-index per fold, mean +- sd), then the paired
+    differences of each distilled student against its ablation and ABMIL over folds (mean +-
+    standard error, folds better) and what they say."""
     from histokd_core.train.results import paired_difference
 
     folds = metrics["folds"]
@@ -128,17 +130,19 @@ def comparison_table(metrics: dict) -> str:
         lines.append(f"{model:<{width}}{reads:<20}"
                      f"{summary['c_index_mean']:.3f} +- {summary['c_index_std']:.3f}  {per_fold}")
     lines.append("\npaired difference over folds (mean +- standard error, folds better):")
-    for reference in ("student_no_kd", "abmil"):
-        if "student" not in metrics["summary"] or reference not in metrics["summary"]:
+    pairs = (("student", "student_no_kd"), ("student", "abmil"),
+             ("linear_student", "linear_student_no_kd"), ("linear_student", "abmil"))
+    for model, reference in pairs:
+        if model not in metrics["summary"] or reference not in metrics["summary"]:
             continue
-        d = paired_difference(metrics, "student", reference)
+        d = paired_difference(metrics, model, reference)
         if d["n"] < 2:
             verdict = "too few folds to tell"
         elif abs(d["mean"]) <= 2 * d["se"]:
             verdict = "no measurable difference (within 2 SE)"
         else:
-            verdict = "the distilled student is " + ("better" if d["mean"] > 0 else "worse")
-        lines.append(f"  student - {reference:<14}{d['mean']:+.3f} +- {d['se']:.3f}   "
+            verdict = f"the distilled {model} is " + ("better" if d["mean"] > 0 else "worse")
+        lines.append(f"  {model} - {reference:<21}{d['mean']:+.3f} +- {d['se']:.3f}   "
                      f"{d['better']}/{d['n']} folds better: {verdict}")
     return "\n".join(lines)
 

@@ -44,7 +44,8 @@ class Config:
         teacher's batch-standardised risks; :mod:`.losses` says why); kd_weight : its weight (1.0).
     linear_students : also train ``linear_student`` (a distilled linear student on the standardised
         mean patch feature: :mod:`.linear_student`; not in the paper) and its Cox-only ablation
-        ``linear_student_no_kd`` (False); linear_l2 : their ridge penalty on the weights (0.05);
+        ``linear_student_no_kd`` (True: the default since it beat its ablation over 25 fresh
+        folds, docs/benchmarks.md "Distillation"); linear_l2 : their ridge penalty on the weights (0.05);
         linear_lr, linear_epochs, linear_patience : their own training settings (2e-2, 100, 30),
         in place of the run's.
     teacher_targets : ``"in_sample"`` (default: the fold's teacher gives every training case's
@@ -74,7 +75,7 @@ class Config:
     ge_target: str = "patch"
     distill_loss: str = "paper"
     kd_weight: float = 1.0
-    linear_students: bool = False
+    linear_students: bool = True
     linear_l2: float = 0.05
     linear_lr: float = 2e-2
     linear_epochs: int = 100
