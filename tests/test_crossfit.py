@@ -74,8 +74,19 @@ def test_cross_fit_targets_never_come_from_a_teacher_that_saw_the_case(tmp_path,
         used.append((bag.case_id, id(t)))
         return t
 
+    from histokd_core.methods.amkd import linear_student
+
+    used_linear: list[tuple[str, int]] = []
+    real_case_teacher = linear_student.case_teacher
+
+    def recording_case_teacher(teacher, bag):
+        t = real_case_teacher(teacher, bag)
+        used_linear.append((bag.case_id, id(t)))
+        return t
+
     monkeypatch.setattr(Trainer, "fit", recording_fit)
     monkeypatch.setattr(AMKDStudent, "teacher_for", recording_teacher_for)
+    monkeypatch.setattr(linear_student, "case_teacher", recording_case_teacher)
     config = dataclasses.asdict(SMALL) | {"teacher_targets": "cross_fit", "inner_folds": 4}
     train_config = TrainConfig(epochs=2, lr=1e-3, batch_size=8, device="cpu", seed=0)
     data = PlantedCohort()
@@ -84,7 +95,10 @@ def test_cross_fit_targets_never_come_from_a_teacher_that_saw_the_case(tmp_path,
 
     train_ids = {b.case_id for b in data.split.train}
     assert used and {c for c, _ in used} == train_ids  # every training case got targets
-    for case, teacher in used:
+    # the distilled linear student draws its targets from the same inner teachers
+    assert {c for c, _ in used_linear} == train_ids
+    assert {t for _, t in used_linear} == {t for _, t in used}
+    for case, teacher in used + used_linear:
         assert teacher in trained_on, "targets from a teacher that was not trained as an inner one"
         assert case not in trained_on[teacher], f"{case}'s targets come from a teacher that saw it"
         # the inner teacher trained on every other training case outside its held-out fold

@@ -80,10 +80,9 @@ class LinearStudent(BagModel):
                 "the distilled linear student needs its trained teacher (stage 'teacher') to train"
             )
         with torch.no_grad():
-            r_t = torch.stack([
-                case_teacher(self.teacher, b).forward_bag(f, self.teacher._omics(b))[0]
-                for b, f in zip(bags, feats)
-            ])
+            teachers = [case_teacher(self.teacher, b) for b in bags]
+            r_t = torch.stack([t.forward_bag(f, t._omics(b))[0]
+                               for t, b, f in zip(teachers, bags, feats)])
         l_risk = risk_regression_loss(r_s, r_t)
         return {
             "loss": l_surv + self.config.kd_weight * l_risk + l2,
