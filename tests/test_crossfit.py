@@ -66,27 +66,22 @@ def test_cross_fit_targets_never_come_from_a_teacher_that_saw_the_case(tmp_path,
         trained_on[id(model)] = {b.case_id for b in train_bags}
         return real_fit(self, model, train_bags, *args, **kw)
 
-    used: list[tuple[str, int]] = []
-    real_teacher_for = AMKDStudent.teacher_for
-
-    def recording_teacher_for(self, bag):
-        t = real_teacher_for(self, bag)
-        used.append((bag.case_id, id(t)))
-        return t
+    def recording(pick_teacher, sink: list[tuple[str, int]]):
+        """``pick_teacher(..., bag)`` that also records (case, chosen teacher) in ``sink``."""
+        def wrapped(*args):
+            t = pick_teacher(*args)
+            sink.append((args[-1].case_id, id(t)))
+            return t
+        return wrapped
 
     from histokd_core.methods.amkd import linear_student
 
+    used: list[tuple[str, int]] = []
     used_linear: list[tuple[str, int]] = []
-    real_case_teacher = linear_student.case_teacher
-
-    def recording_case_teacher(teacher, bag):
-        t = real_case_teacher(teacher, bag)
-        used_linear.append((bag.case_id, id(t)))
-        return t
-
     monkeypatch.setattr(Trainer, "fit", recording_fit)
-    monkeypatch.setattr(AMKDStudent, "teacher_for", recording_teacher_for)
-    monkeypatch.setattr(linear_student, "case_teacher", recording_case_teacher)
+    monkeypatch.setattr(AMKDStudent, "teacher_for", recording(AMKDStudent.teacher_for, used))
+    monkeypatch.setattr(linear_student, "case_teacher",
+                        recording(linear_student.case_teacher, used_linear))
     config = dataclasses.asdict(SMALL) | {"teacher_targets": "cross_fit", "inner_folds": 4}
     train_config = TrainConfig(epochs=2, lr=1e-3, batch_size=8, device="cpu", seed=0)
     data = PlantedCohort()
