@@ -16,8 +16,9 @@ from histokd_core.features.stain import (
     StainNormalizer,
     StainReference,
     cohort_reference,
+    fit_pixel_count,
     fit_reference,
-    stained_fraction,
+    tissue_fraction,
 )
 from histokd_core.synthetic import PlantedRegion, write_synthetic_slide
 from histokd_core.synthetic.stain import EOSIN, HEMATOXYLIN, StainShift, restain, write_restained_slide
@@ -79,9 +80,41 @@ def test_normalisation_removes_most_of_a_planted_stain_shift(method, cmu_tiles):
 
 def test_glass_tiles_are_left_unchanged_and_counted(cmu_tiles):
     glass = np.full((64, 64, 3), 236, np.uint8)
-    assert stained_fraction(glass) == 0.0 and stained_fraction(cmu_tiles[1]) > 0.5
+    assert tissue_fraction(glass) == 0.0 and tissue_fraction(cmu_tiles[1]) > 0.5
     norm = StainNormalizer(fit_reference(cmu_tiles, "macenko"))
     assert norm(glass) is glass and norm.n_unchanged == 1
+
+
+def _pale_eosin_tile(seed=0, size=128):
+    """Pale eosin-stained tissue with a few nuclei (Ruifrok vectors, Io = 240): red OD < 0.15
+    off the nuclei, as in the pink stroma of the synthetic slides."""
+    rng = np.random.default_rng(seed)
+    h = HEMATOXYLIN / np.linalg.norm(HEMATOXYLIN)
+    e = EOSIN / np.linalg.norm(EOSIN)
+    c = np.stack([np.zeros(size * size), rng.uniform(0.3, 1.2, size * size)], axis=1)
+    nuclei = rng.random(size * size) < 0.04
+    c[nuclei, 0] = rng.uniform(0.8, 1.5, nuclei.sum())
+    od = c @ np.stack([h, e])
+    return np.clip(240 * np.exp(-od), 0, 255).astype(np.uint8).reshape(size, size, 3)
+
+
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_pale_eosin_tiles_are_normalised_not_taken_for_glass(method, cmu_tiles):
+    tile = _pale_eosin_tile()
+    pixels = tile.shape[0] * tile.shape[1]
+    # stained in every channel (the fit's pixels): nuclei only; tissue in some channel: all
+    assert fit_pixel_count(tile) < 0.1 * pixels and tissue_fraction(tile) > 0.99
+    norm = StainNormalizer(fit_reference(cmu_tiles, method))
+    out = norm(tile)
+    assert norm.n_unchanged == 0
+    assert np.abs(out.astype(int) - tile).mean() > 3  # changed towards the reference
+    # the same tissue re-stained by another site is normalised too, and the two sites'
+    # normalised tiles are closer than the tiles as scanned
+    shifted = restain(tile, StainShift.tilted(1.0))
+    out_shifted = norm(shifted)
+    assert norm.n_unchanged == 0
+    before = np.abs(tile.astype(int) - shifted).mean()
+    assert np.abs(out.astype(int) - out_shifted).mean() < 0.8 * before
 
 
 def test_restain_identity_and_a_hand_computed_pixel():

@@ -146,24 +146,42 @@ def fit_reference(tiles: np.ndarray, method: str, source: str = "") -> StainRefe
     return StainReference.from_attrs(ref.to_attrs(), where=source or "fitted reference")
 
 
-#: Optical density below which a channel counts as unstained (torchstain's ``beta``).
+#: Optical density (``Io = 240``) at or above which a channel counts as stained (torchstain's ``beta``).
 OD_THRESHOLD = 0.15
-#: Tiles with a smaller fraction of stained pixels are left as they are (see StainNormalizer).
-MIN_STAINED_FRACTION = 0.1
+#: Tiles with a smaller fraction of tissue pixels (mostly glass) are left as they are.
+MIN_TISSUE_FRACTION = 0.1
+#: Macenko fits a tile's stain vectors on its pixels stained in *every* channel; a tile with
+#: fewer such pixels is left as it is (too few for the eigenvectors and 1 % angle percentiles).
+MIN_FIT_PIXELS = 256
 
 
-def stained_fraction(tile: np.ndarray, io: float = 240.0) -> float:
-    """Fraction of pixels whose optical density exceeds :data:`OD_THRESHOLD` in every channel."""
-    od = -np.log((tile.astype(np.float32) + 1.0) / io)
-    return float((od >= OD_THRESHOLD).all(axis=-1).mean())
+def _optical_density(tile: np.ndarray, io: float = 240.0) -> np.ndarray:
+    return -np.log((np.asarray(tile).astype(np.float32) + 1.0) / io)
+
+
+def tissue_fraction(tile: np.ndarray, io: float = 240.0) -> float:
+    """Fraction of pixels of ``tile`` ``(h, w, 3)`` uint8 whose optical density reaches
+    :data:`OD_THRESHOLD` in at least one channel (glass reaches it in none; pale eosin-stained
+    tissue only in green and blue)."""
+    return float((_optical_density(tile, io) >= OD_THRESHOLD).any(axis=-1).mean())
+
+
+def fit_pixel_count(tile: np.ndarray, io: float = 240.0) -> int:
+    """Pixels of ``tile`` whose optical density reaches :data:`OD_THRESHOLD` in every channel:
+    those Macenko's stain-vector fit uses."""
+    return int((_optical_density(tile, io) >= OD_THRESHOLD).all(axis=-1).sum())
 
 
 class StainNormalizer:
     """Applies a :class:`StainReference` to tiles, ``(h, w, 3)`` uint8 -> ``(h, w, 3)`` uint8.
 
-    A tile with under :data:`MIN_STAINED_FRACTION` stained pixels (mostly glass: Macenko's
-    percentiles then blow noise up to black, Reinhard tints the glass) or one the method fails on
-    is returned unchanged and counted in ``n_unchanged``.
+    A tile with under :data:`MIN_TISSUE_FRACTION` tissue pixels (mostly glass: Macenko's
+    percentiles then blow noise up to black, Reinhard tints the glass), a Macenko tile with under
+    :data:`MIN_FIT_PIXELS` pixels stained in every channel, or one the method fails on is returned
+    unchanged and counted in ``n_unchanged``. Tissue is tested on *any* channel: pale
+    eosin-stained tissue absorbs little red, and a test on every channel (the fit's own pixel
+    rule) would leave such tiles of one site unnormalised while the same tiles of a site whose
+    stain absorbs more red are normalised.
     """
 
     def __init__(self, reference: StainReference) -> None:
@@ -184,7 +202,9 @@ class StainNormalizer:
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         import torch
 
-        if stained_fraction(tile) < MIN_STAINED_FRACTION:
+        if tissue_fraction(tile) < MIN_TISSUE_FRACTION or (
+            self.reference.method == "macenko" and fit_pixel_count(tile) < MIN_FIT_PIXELS
+        ):
             self.n_unchanged += 1
             return tile
         try:
