@@ -62,6 +62,9 @@ PAIRS = (
     ("linear_student", "student"),
     ("linear_student", "ridge_kd (reference)"),
     ("linear_student_no_kd", "ridge_cox (reference)"),
+    ("logistic_kd (reference)", "logistic (reference)"),
+    ("linear_student", "logistic_kd (reference)"),
+    ("linear_student_no_kd", "logistic (reference)"),
 )
 
 

@@ -12,6 +12,7 @@ from histokd_core.dataset import CohortData
 from histokd_core.errors import DataError
 from histokd_core.methods.baselines.pooled import (
     cox_risk,
+    distilled_logistic_probs,
     distilled_ridge_risk,
     logistic_probs,
     mean_pooled,
@@ -155,3 +156,40 @@ def test_ridge_kd_row_reads_no_test_expression(planted):
         (len(test_ids), scrambled.shape[1]))
     data.expression = scrambled
     assert reference_rows(data)["ridge_kd"][0] == rows["ridge_kd"][0]
+
+
+def test_distilled_logistic_is_ridge_on_cross_fitted_teacher_log_probabilities():
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((90, 4)) * [1.0, 2.0, 0.5, 3.0]
+    labels = (x[:, 0] + 0.5 * rng.standard_normal(90) > 0).astype(int)
+    omics = np.column_stack([labels + 0.3 * rng.standard_normal(90), rng.standard_normal((90, 3))])
+    x_test = rng.standard_normal((6, 4))
+    got = distilled_logistic_probs(x, omics, labels, x_test, seed=1)
+    target = np.zeros((90, 2))
+    for fit, held in StratifiedKFold(4, shuffle=True, random_state=1).split(omics, labels):
+        mu, sd = omics[fit].mean(0), omics[fit].std(0)
+        teacher = LogisticRegression(C=1.0, max_iter=1000).fit((omics[fit] - mu) / sd, labels[fit])
+        logp = np.log(teacher.predict_proba((omics[held] - mu) / sd))
+        target[held] = logp - logp.mean(1, keepdims=True)
+    mu, sd = x.mean(0), x.std(0)
+    z = Ridge(alpha=10.0).fit((x - mu) / sd, target).predict((x_test - mu) / sd)
+    expected = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_logistic_kd_row_reads_no_test_expression(planted):
+    table = validate_cohort(planted.cohort, "classification", "label", where="synthetic")
+    data = CohortData(table, planted.features, omics=planted.expression, task="classification",
+                      n_folds=5, seed=0)
+    rows = reference_rows(data)
+    assert list(rows) == ["logistic", "logistic_kd"]
+    assert np.mean(rows["logistic_kd"]) > 0.55
+    _, _, test_ids = data.folds.split(0)
+    scrambled = data.expression.copy()
+    scrambled.loc[list(test_ids)] = np.random.default_rng(0).standard_normal(
+        (len(test_ids), scrambled.shape[1]))
+    data.expression = scrambled
+    assert reference_rows(data)["logistic_kd"][0] == rows["logistic_kd"][0]

@@ -9,7 +9,14 @@ from torch import nn
 from histokd_core.bag import Bag
 from histokd_core.errors import DataError
 from histokd_core.methods.subspace.cgc import apply_cgc, confidences, coordinate, project_rows
-from histokd_core.methods.subspace.losses import dev_loss, kd_kl, skd_loss, task_loss
+from histokd_core.methods.amkd.losses import risk_regression_loss
+from histokd_core.methods.subspace.losses import (
+    dev_loss,
+    kd_kl,
+    logit_regression_loss,
+    skd_loss,
+    task_loss,
+)
 
 
 def test_dev_loss_hand_computed():
@@ -34,6 +41,31 @@ def test_kd_and_skd_values():
     out = skd_loss(torch.tensor(1.0), feats_s, feats_t, [s], [t], 0.01, 0.1, 2.0)
     assert float(out["mse"]) == pytest.approx(2.5)
     assert float(out["loss"]) == pytest.approx(1.0 + 0.01 * 2.5 + 0.1 * kl, rel=1e-6)
+
+
+def test_logit_regression_hand_values():
+    # teacher [[0, 2], [0, 0]] -> row-centred [[-1, 1], [0, 0]] -> column-centred
+    # [[-.5, .5], [.5, -.5]], rms 0.5 -> standardised [[-1, 1], [1, -1]]
+    t = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    assert float(logit_regression_loss(torch.zeros(2, 2), t)) == pytest.approx(1.0, rel=1e-5)
+    # student [[1, 0], [0, 1]] centres to [[.5, -.5], [-.5, .5]]: differences 1.5 everywhere
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert float(logit_regression_loss(s, t)) == pytest.approx(2.25, rel=1e-5)
+    # zero for the standardised teacher up to a shift per row and per column; scale-free target
+    s = torch.tensor([[-1.0, 1.0], [1.0, -1.0]]) + torch.tensor([[3.0], [-2.0]]) + 0.7
+    assert float(logit_regression_loss(s, 10 * t)) == pytest.approx(0.0, abs=1e-6)
+    # a constant student still gets a finite gradient
+    s = torch.zeros(2, 2, requires_grad=True)
+    logit_regression_loss(s, t).backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_logit_regression_with_two_classes_is_risk_regression_on_half_log_odds():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(7, 2, generator=g), torch.randn(7, 2, generator=g)
+    half_s, half_t = (s[:, 1] - s[:, 0]) / 2, (t[:, 1] - t[:, 0]) / 2
+    assert float(logit_regression_loss(s, t)) == pytest.approx(
+        float(risk_regression_loss(half_s, half_t)), rel=1e-5)
 
 
 def test_task_loss_classification_and_survival():

@@ -255,3 +255,112 @@ def test_run_cv_and_checkpoint_reload_without_omics(tmp_path, one_thread):
     stored = preds[preds.model == "student"]
     ours = predict_bags(model, bags).probs[:, 1]
     np.testing.assert_allclose(ours, stored.prob_positive.to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_linear_student_stages_loss_and_omics_free_prediction():
+    from histokd_core.methods.crossfit import CrossFitTeachers
+    from histokd_core.methods.subspace.linear_student import LinearSubspaceStudent
+    from histokd_core.methods.subspace.losses import kd_kl, logit_regression_loss
+    from histokd_core.train.trainer import TrainConfig
+
+    cfg = Config(dim=16, heads=2, dim_head=8, n_points=4, offset_kernel=3, offset_stride=1,
+                 linear_students=True, linear_kd_weight=0.5, linear_l2=0.3, baselines=())
+    by_name = {s.name: s for s in stages(cfg)}
+    assert list(by_name)[3:] == ["linear_student", "linear_student_no_kd"]
+    assert by_name["linear_student"].requires == ("teacher",)
+    assert by_name["linear_student_no_kd"].stream == by_name["linear_student"].stream
+    rng = np.random.default_rng(3)
+    bags = [make_bag(i, rng, i % 2, signal=1.0) for i in range(6)]
+    teacher = by_name["teacher"].build(info(), {}).eval()
+    student = by_name["linear_student"].build(info(), {"teacher": teacher})
+    assert isinstance(student, LinearSubspaceStudent)
+    student.prepare(bags)
+    means = torch.stack([b.feats.mean(0) for b in bags])
+    torch.testing.assert_close(student.mu, means.mean(0))
+    # loss = cross-entropy + linear_kd_weight x logit regression on the teacher's logits + ridge
+    out = student.loss(bags)
+    z_s = torch.stack([student.linear((b.feats.mean(0) - student.mu) / student.sd) for b in bags])
+    with torch.no_grad():
+        z_t = torch.stack([teacher.predict(b).logits for b in bags])
+    y = torch.tensor([b.label for b in bags])
+    ridge = 0.3 * student.linear.weight.pow(2).sum()
+    torch.testing.assert_close(out["loss"], torch.nn.functional.cross_entropy(z_s, y)
+                               + 0.5 * logit_regression_loss(z_s, z_t) + ridge)
+    # the KL option is the paper's temperature KL
+    kl = by_name["linear_student"].build(info(), {"teacher": teacher})
+    kl.cfg = Config(**{**cfg.__dict__, "linear_kd_loss": "kl"})
+    kl.load_state_dict(student.state_dict())
+    torch.testing.assert_close(kl.loss(bags)["kd"], kd_kl(z_s, z_t, cfg.temperature).detach())
+    ablation = by_name["linear_student_no_kd"].build(info(), {})
+    ablation.prepare(bags)
+    assert set(ablation.loss(bags)) == {"loss", "task"}
+    # several cases per loss call even for classification (the regression centres over them)
+    own = student.train_config(TrainConfig(lr=1e-3, epochs=40, patience=10))
+    assert (own.lr, own.epochs, own.patience, own.batch_size) == (2e-2, 100, 30, 16)
+    assert student.train_config(TrainConfig(batch_size=4)).batch_size == 4
+    # cross-fitted targets: each case's target comes from the inner teacher that did not see it
+    cf = CrossFitTeachers([SubspaceTeacher(info(), cfg).eval() for _ in range(2)])
+    cf.held_out = {b.case_id: i % 2 for i, b in enumerate(bags)}
+    crossed = LinearSubspaceStudent(info(), cfg, cf)
+    got = torch.stack([crossed._target(b) for b in bags])
+    with torch.no_grad():
+        want = torch.stack([cf.teachers[i % 2].predict(b).logits for i, b in enumerate(bags)])
+    torch.testing.assert_close(got, want)
+    # slide only at inference: scrambled expression, same prediction; uniform attention
+    b = bags[0]
+    scrambled = Bag(**{**b.__dict__, "omics": torch.randn_like(b.omics)})
+    torch.testing.assert_close(student.predict(scrambled).logits, student.predict(b).logits)
+    torch.testing.assert_close(student.predict(b).attention,
+                               torch.full((b.feats.shape[0],), 1.0 / b.feats.shape[0]))
+    with pytest.raises(ConfigError, match="linear_kd_loss"):
+        Config(linear_kd_loss="mse")
+
+
+def _latent_bag(i: int, rng: np.random.Generator, signal: float) -> Bag:
+    """A case whose latent ``z`` shifts feature 0 of ~30 % of its patches by ``signal * z``, whose
+    label is ``z`` plus unit noise thresholded at 0, and whose one-gene "expression" is ``z``."""
+    z = rng.standard_normal()
+    n = int(rng.integers(30, 50))
+    feats = rng.standard_normal((n, D))
+    feats[rng.random(n) < 0.3, 0] += signal * z
+    return Bag(f"case{i}", torch.tensor(feats, dtype=torch.float32),
+               torch.zeros(n, 2, dtype=torch.long), patch_size=512,
+               omics=torch.tensor([z], dtype=torch.float32), label=int(z + rng.standard_normal() > 0))
+
+
+def test_linear_student_learns_from_a_teacher_that_knows_the_latent(one_thread):
+    """The labels are noisy thresholds of a latent that the expression holds exactly; a teacher
+    whose logits are that latent gives the distilled linear student a cleaner target than the
+    labels, so over three draws (40 training cases each) it beats its task-only ablation on 200
+    held-out cases (measured: +0.127 mean AUC gain, 0.695 AUC; bounds +0.05, 0.62)."""
+    from histokd_core.methods.base import Prediction
+    from histokd_core.methods.subspace.linear_student import LinearSubspaceStudent
+    from histokd_core.train.trainer import TrainConfig, Trainer
+
+    class LatentTeacher(torch.nn.Module):
+        """Logits ``(-z, z)`` from the expression (a teacher whose dependence is known)."""
+
+        task = "classification"
+
+        def predict(self, bag):
+            return Prediction(logits=torch.stack([-bag.omics[0], bag.omics[0]]))
+
+    cfg = Config(linear_students=True, linear_kd_weight=1.0, linear_l2=0.05)
+    gains, distilled = [], []
+    for seed in (11, 12, 13):
+        rng = np.random.default_rng(seed)
+        train = [_latent_bag(i, rng, 1.0) for i in range(40)]
+        test = [_latent_bag(100 + i, rng, 1.0) for i in range(200)]
+        aucs = []
+        for teacher in (LatentTeacher(), None):
+            torch.manual_seed(0)
+            model = LinearSubspaceStudent(info(has_10x=False), cfg, teacher,
+                                          distill=teacher is not None)
+            Trainer().fit(model, train, [], model.train_config(
+                TrainConfig(epochs=60, patience=60, device="cpu", seed=0)))
+            with torch.no_grad():
+                scores = [float(torch.softmax(model.predict(b).logits, -1)[1]) for b in test]
+            aucs.append(_auc(scores, [b.label for b in test]))
+        gains.append(aucs[0] - aucs[1])
+        distilled.append(aucs[0])
+    assert np.mean(gains) > 0.05 and np.mean(distilled) > 0.62, (gains, distilled)

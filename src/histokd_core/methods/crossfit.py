@@ -91,3 +91,10 @@ class CrossFitTeachers(BagModel):
     def predict(self, bag: Bag) -> Prediction:
         """The first inner teacher's prediction (the stage is never reported or exported)."""
         return self.teachers[0].predict(bag)
+
+
+def case_teacher(teacher: BagModel, bag: Bag) -> BagModel:
+    """The teacher whose outputs are ``bag``'s distillation targets: ``teacher`` itself, or with
+    cross-fitted targets (:class:`CrossFitTeachers`) the inner teacher that did not train on the
+    case."""
+    return teacher.for_case(bag.case_id) if isinstance(teacher, CrossFitTeachers) else teacher

@@ -11,6 +11,7 @@ from torch import nn
 
 from histokd_core.bag import Bag, DataInfo
 from histokd_core.methods.base import Explanation
+from histokd_core.methods.crossfit import case_teacher
 from histokd_core.survival.losses import cox_nll
 
 
@@ -36,13 +37,6 @@ def subsample(n: int, k: int | None, device: torch.device) -> torch.Tensor | Non
     if k is None or n <= k:
         return None
     return torch.randperm(n, device=device)[:k]
-
-
-def case_teacher(teacher, bag: Bag):
-    """The teacher whose outputs are ``bag``'s distillation targets: ``teacher`` itself, or with
-    cross-fitted targets (:class:`~histokd_core.methods.crossfit.CrossFitTeachers`) the inner
-    teacher that did not train on the case."""
-    return teacher.for_case(bag.case_id) if hasattr(teacher, "for_case") else teacher
 
 
 def batch_cox(risks: torch.Tensor, bags: Sequence[Bag]) -> torch.Tensor:

@@ -43,7 +43,6 @@ from histokd_core.methods.amkd.losses import (
 )
 from histokd_core.methods.amkd.shared import (
     batch_cox,
-    case_teacher,
     patch_projection,
     pathway_explanation,
     pathway_names,
@@ -53,6 +52,7 @@ from histokd_core.methods.amkd.shared import (
 )
 from histokd_core.methods.amkd.teacher import AMKDTeacher
 from histokd_core.methods.base import BagModel, Explanation, Prediction
+from histokd_core.methods.crossfit import case_teacher
 from histokd_core.nn.attention import CrossAttentionBlock, SelfAttentionBlock
 
 
@@ -102,7 +102,7 @@ class AMKDStudent(BagModel):
         return (h if self.patch_proj is None else e_ge).mean(0)
 
     def teacher_for(self, bag: Bag) -> AMKDTeacher:
-        """The teacher whose outputs are this case's targets (:func:`.shared.case_teacher`)."""
+        """The teacher whose outputs are this case's targets (:func:`histokd_core.methods.crossfit.case_teacher`)."""
         return case_teacher(self.teacher, bag)
 
     def loss(self, bags: Sequence[Bag]) -> dict[str, torch.Tensor]:

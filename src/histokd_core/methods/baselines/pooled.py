@@ -14,6 +14,10 @@ Every quality table compares the trained models with what needs no deep learning
   student. It reads slides only at test time. Beside ``ridge_cox`` (the same student fitted on
   the labels) it measures what distillation gives a linear model;
 - ``logistic`` (classification): L2 logistic regression (scikit-learn) on the mean patch feature;
+- ``logistic_kd`` (classification, when the cohort has expression): the classification
+  counterpart of ``ridge_kd``: a cross-fitted L2 logistic regression on the expression is the
+  teacher, a ridge regression of its row-centred log-probabilities on the standardised mean patch
+  features the student (softmax of its predictions at test time);
 - ``oracle`` (synthetic cohorts only): the same Cox / logistic model on what a slide-only observer
   who knows the planted truth can measure (:func:`histokd_core.synthetic.slide_oracle_features`:
   subpopulation shares and local shifts). It bounds what the slides can tell.
@@ -147,6 +151,43 @@ def logistic_probs(
     return probs
 
 
+def distilled_logistic_probs(
+    x_train: np.ndarray, omics_train: np.ndarray, labels: np.ndarray, x_test: np.ndarray,
+    seed: int = 0,
+) -> np.ndarray:
+    """Slide-only class probabilities of the ``logistic_kd`` reference: a ridge regression on
+    ``x`` of cross-fitted linear expression-teacher log-probabilities.
+
+    Parameters
+    ----------
+    x_train : ``(n, p)`` slide covariates; omics_train : ``(n, g)`` the same cases' expression
+        (training cases only); labels : ``(n,)`` classes ``0..C-1``; x_test : ``(m, p)``;
+    seed : the inner folds' shuffle (stratified by class).
+
+    Returns
+    -------
+    ``(m, C)`` probabilities. ``x_test``'s cases' expression is never read.
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import StratifiedKFold
+
+    omics_train = np.asarray(omics_train, np.float64)
+    labels = np.asarray(labels).astype(int)
+    n_classes = int(labels.max()) + 1
+    target = np.zeros((len(omics_train), n_classes))
+    folds = StratifiedKFold(KD_INNER_FOLDS, shuffle=True, random_state=seed)
+    for fit, held in folds.split(omics_train, labels):
+        probs = logistic_probs(omics_train[fit], labels[fit], omics_train[held])
+        if probs.shape[1] < n_classes:
+            probs = np.pad(probs, ((0, 0), (0, n_classes - probs.shape[1])))
+        logp = np.log(np.clip(probs, 1e-9, None))
+        target[held] = logp - logp.mean(1, keepdims=True)
+    xs, xt = _standardise(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
+    z = Ridge(alpha=KD_RIDGE_ALPHA).fit(xs, target).predict(xt)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
     """ROC AUC (one-vs-rest macro for more than two classes; NaN with a single class), as the
     trained models' ``auc``."""
@@ -177,7 +218,7 @@ def reference_rows(
     -------
     model -> per-fold test C-index (survival: ``oracle``, ``ridge_cox``, ``pca2_cox``) or AUC
     (classification: ``oracle``, ``logistic``), in fold order; with expression also
-    ``ridge_kd`` (survival).
+    ``ridge_kd`` (survival) or ``logistic_kd`` (classification).
     """
     pooled = mean_pooled(data)
     sources = {"pooled": pooled}
@@ -195,8 +236,8 @@ def reference_rows(
     models.update({"ridge_cox": "pooled", "pca2_cox": "pooled"} if survival
                   else {"logistic": "pooled"})
     expression = getattr(data, "expression", None)
-    if survival and expression is not None:
-        models["ridge_kd"] = "pooled"
+    if expression is not None:
+        models["ridge_kd" if survival else "logistic_kd"] = "pooled"
     rows: dict[str, list[float]] = {name: [] for name in models}
     for fold in range(data.n_folds):
         train_ids, val_ids, test_ids = data.folds.split(fold)
@@ -217,7 +258,13 @@ def reference_rows(
                     risk = cox_risk(*args, penalizer=penalizer if name == "ridge_cox" else 0.0)
                 value = c_index(test["survival_months"], risk, test["event"])
             else:
-                probs = logistic_probs(x_fit, fit["label"].to_numpy(), x_test)
+                if name == "logistic_kd":
+                    probs = distilled_logistic_probs(
+                        x_fit, expression.loc[fit_ids].to_numpy(), fit["label"].to_numpy(),
+                        x_test, seed=fold,
+                    )
+                else:
+                    probs = logistic_probs(x_fit, fit["label"].to_numpy(), x_test)
                 value = _auc(test["label"].to_numpy(), probs)
             rows[name].append(float(value))
     return rows

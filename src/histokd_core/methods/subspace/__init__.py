@@ -2,7 +2,8 @@
 
 Stages per fold: ``teacher`` (slides + tumour / TME genes, CGC + IGC), [``teacher_cf``, the
 cross-fitted inner teachers with ``teacher_targets = "cross_fit"``,] ``student`` (slides only,
-task warm-up then SKD from the frozen teacher), ``student_no_kd`` (task loss only) and the
+task warm-up then SKD from the frozen teacher), ``student_no_kd`` (task loss only), optionally
+``linear_student`` / ``linear_student_no_kd`` (:mod:`.linear_student`, not the paper's) and the
 baselines ``abmil`` and ``omics_only``.
 
 Engine hooks: :meth:`SubspaceTeacher.after_backward` (CGC, after ``loss.backward()``, before the
@@ -50,6 +51,13 @@ class Config:
     teacher_targets : ``"in_sample"`` (default) or ``"cross_fit"``: each training case's SKD
         targets from one of ``inner_folds`` (4) teachers that did not train on it (stage
         ``teacher_cf``, :mod:`histokd_core.methods.crossfit`).
+    linear_students : also train ``linear_student`` (a distilled linear student on the
+        standardised mean patch feature, :mod:`.linear_student`; not in the paper) and its
+        task-only ablation ``linear_student_no_kd`` (False).
+    linear_kd_loss : its distillation term, ``"logit"`` (regression on the teacher's standardised
+        logits) or ``"kl"`` (the paper's temperature KL); linear_kd_weight : its weight (1.0);
+        linear_l2 : ridge penalty on the weights (0.05); linear_lr, linear_epochs,
+        linear_patience : the linear stages' own training settings (2e-2, 100, 30).
     """
 
     dim: int = 128
@@ -74,6 +82,13 @@ class Config:
     baselines: tuple[str, ...] = ("abmil", "omics_only")
     teacher_targets: str = "in_sample"
     inner_folds: int = 4
+    linear_students: bool = False
+    linear_kd_loss: str = "logit"
+    linear_kd_weight: float = 1.0
+    linear_l2: float = 0.05
+    linear_lr: float = 2e-2
+    linear_epochs: int = 100
+    linear_patience: int = 30
 
     def __post_init__(self) -> None:
         if self.cgc not in ("clean", "public", "off"):
@@ -89,6 +104,16 @@ class Config:
                 "subspace teacher_targets must be 'in_sample' or 'cross_fit' and inner_folds >= 2, "
                 f"got {self.teacher_targets!r} / {self.inner_folds}"
             )
+        if self.linear_kd_loss not in ("logit", "kl") or self.linear_kd_weight < 0:
+            raise ConfigError(
+                "subspace linear_kd_loss must be 'logit' or 'kl' and linear_kd_weight >= 0, got "
+                f"{self.linear_kd_loss!r} / {self.linear_kd_weight}"
+            )
+        if self.linear_l2 < 0 or self.linear_lr <= 0 or self.linear_epochs < 1:
+            raise ConfigError(
+                "subspace linear_l2 must be >= 0, linear_lr > 0 and linear_epochs >= 1, got "
+                f"{self.linear_l2} / {self.linear_lr} / {self.linear_epochs}"
+            )
         self.baselines = tuple(self.baselines)
         unknown = set(self.baselines) - {"abmil", "omics_only"}
         if unknown:
@@ -98,7 +123,8 @@ class Config:
 
 
 def stages(config: Config) -> list[Stage]:
-    """``teacher``, ``student`` (requires the teacher), ``student_no_kd`` and the baselines."""
+    """``teacher``, [``teacher_cf``,] ``student`` (requires its teacher), ``student_no_kd``,
+    [``linear_student`` (requires its teacher), ``linear_student_no_kd``,] and the baselines."""
 
     def build_teacher(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         return SubspaceTeacher(info, config)
@@ -116,6 +142,16 @@ def stages(config: Config) -> list[Stage]:
     def build_no_kd(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         return SubspaceStudent(info, config, None, distill=False)
 
+    def build_linear(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
+        from histokd_core.methods.subspace.linear_student import LinearSubspaceStudent
+
+        return LinearSubspaceStudent(info, config, trained.get(source), distill=True)
+
+    def build_linear_no_kd(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
+        from histokd_core.methods.subspace.linear_student import LinearSubspaceStudent
+
+        return LinearSubspaceStudent(info, config, None, distill=False)
+
     def build_abmil(info: DataInfo, trained: dict[str, BagModel]) -> BagModel:
         from histokd_core.methods.baselines import abmil
 
@@ -132,6 +168,11 @@ def stages(config: Config) -> list[Stage]:
         Stage("student", build_student, requires=(source,)),
         Stage("student_no_kd", build_no_kd, seed_key="student"),
     ]
+    if config.linear_students:
+        out += [
+            Stage("linear_student", build_linear, requires=(source,)),
+            Stage("linear_student_no_kd", build_linear_no_kd, seed_key="linear_student"),
+        ]
     builders = {"abmil": build_abmil, "omics_only": build_omics}
     out.extend(Stage(name, builders[name]) for name in config.baselines)
     return out

@@ -81,3 +81,24 @@ def skd_loss(
     kl = sum(kd_kl(s, t.detach(), temperature) for s, t in zip(student_logits, teacher_logits))
     total = task + w_mse * mse + w_kd * kl
     return {"loss": total, "task": task.detach(), "mse": mse.detach(), "kl": kl.detach()}
+
+
+def logit_regression_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """Regression of the student's logits on the teacher's, both ``(B, K)``.
+
+    Each row is centred over its ``K`` classes (softmax ignores a shift per row), then each
+    class column over the batch; the teacher's centred logits are divided by their root mean
+    square over the batch and classes (``+ eps``; detached), the student's are not rescaled:
+    ``L = mean_{i,k} (s~_ik - t~_ik / rms(t~))^2``. 0 when the student's logits equal the
+    teacher's standardised ones up to a shift per row and per column. With ``K = 2`` this is
+    AMKD's risk regression on half the log-odds (not in the paper; docs/training.md says why a
+    scale-free target: an in-sample teacher's logits are far larger than what it generalises)."""
+    def centre(z: torch.Tensor) -> torch.Tensor:
+        z = z - z.mean(1, keepdim=True)
+        return z - z.mean(0, keepdim=True)
+
+    t = centre(teacher_logits.detach().float())
+    t = t / (t.pow(2).mean().sqrt() + eps)
+    return (centre(student_logits) - t).pow(2).mean()
