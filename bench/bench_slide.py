@@ -3,12 +3,16 @@
 Measures, on an N x N synthetic JPEG pyramid (default 50 000 px):
 1. time to write the slide (bounded memory, tile by tile);
 2. time to open it and read the first screen-sized view at the lowest resolution, through what
-   napari reads (the reader's layer data);
+   napari reads (the reader's layer data): first with the file evicted from the OS page cache
+   (``fsync`` + ``posix_fadvise(DONTNEED)``, checked with ``mincore``: a cold open that reads
+   the IFDs from disk), then again with it cached;
 3. random 512 x 512 reads per second at level 0 through what napari reads
    (``Slide.display_levels``), the dask pyramid and ``Slide.read_region``, each as a ratio to
    ``TiffSlide.read_region`` at the same locations in the same run;
 4. screen-sized (1920 x 1080) level-0 reads, many tiles each: the same readers, ratio to
-   ``TiffSlide.read_region``;
+   ``TiffSlide.read_region``, with the CPU time per read and the codec's share: the JPEG decode
+   time of the same tiles on one thread (bytes already read), hence the ratio a perfect
+   ``DECODE_THREADS``-way parallel decode with no other cost would reach (the ceiling);
 5. peak RSS while panning screen by screen across the whole of a level (default level 0) through
    what napari reads, which must stay bounded (it does not grow with the slide size).
 
@@ -16,7 +20,8 @@ Measures, on an N x N synthetic JPEG pyramid (default 50 000 px):
 the same decode cost, encoded once and written as pre-compressed tiles: seconds at 50 000 px
 instead of ~10 min).
 
-Usage: ``python bench/bench_slide.py [--size 50000] [--reads 300] [--pan-level 0] [--keep DIR]``.
+Usage: ``python bench/bench_slide.py [--size 50000] [--reads 300] [--pan-level 0] [--keep DIR]``;
+``--slide FILE`` measures an existing slide instead (no write).
 Timings on a shared machine are noisy; ratios are measured in one run.
 """
 
@@ -36,6 +41,7 @@ import numpy as np
 import tiffslide  # noqa: F401 - imported up front so "open slide" times the open, not imports
 
 from histokd_core.slide import open_slide
+from histokd_core.slide.tiles import DECODE_THREADS
 from histokd_core.synthetic import write_synthetic_slide
 from napari_histokd._reader import slide_layer_data
 
@@ -60,6 +66,39 @@ def reset_peak_rss() -> None:
             fh.write("5")
     except OSError:
         pass
+
+
+def evict_from_page_cache(path: Path) -> None:
+    """Drop the file's pages from the OS page cache (written back first, so none stays dirty)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def cached_fraction(path: Path) -> float:
+    """Share of the file's pages in the OS page cache (``mincore``; NaN where unavailable)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mm:
+            page = mmap.PAGESIZE
+            vec = (ctypes.c_ubyte * (-(-size // page)))()
+            base = ctypes.c_char.from_buffer(mm)
+            try:
+                rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(base)), ctypes.c_size_t(size), vec)
+            finally:
+                del base
+        if rc != 0:
+            return float("nan")
+        return sum(v & 1 for v in vec) / len(vec)
+    except (OSError, AttributeError, ValueError):
+        return float("nan")
 
 
 def write_repeated_tiles(path: Path, size: int, mpp: float = 0.5, tile: int = 256) -> None:
@@ -123,7 +162,14 @@ def repeated_tile_index(i: int) -> int:
     return (i * 7) % 64
 
 
-def bench_open_first_view(path: Path) -> dict:
+def bench_open_first_view(path: Path, cold: bool = False) -> dict:
+    """Open the slide, build the napari layer data and read the first screen at the lowest
+    level; ``cold``: with the file evicted from the page cache first (``cached`` says how much
+    of it was still cached then)."""
+    cached = float("nan")
+    if cold:
+        evict_from_page_cache(path)
+        cached = cached_fraction(path)
     t0 = time.perf_counter()
     slide = open_slide(path)
     data, _, _ = slide_layer_data(slide)
@@ -135,7 +181,8 @@ def bench_open_first_view(path: Path) -> dict:
     view = np.asarray(data[level][:h, :w])
     t_view = time.perf_counter() - t1
     slide.close()
-    return {"open_s": t_open, "first_view_s": t_view, "level": level, "view_shape": view.shape}
+    return {"open_s": t_open, "first_view_s": t_view, "level": level, "view_shape": view.shape,
+            "cached": cached}
 
 
 def bench_random_reads(
@@ -196,17 +243,54 @@ def bench_random_reads(
     if wh is not None:
         readers.pop("dask_per_tile")
     # best of `rounds` interleaved rounds: the machine is shared, so take each reader's best
-    results = dict.fromkeys(readers, 0.0)
+    rates = dict.fromkeys(readers, 0.0)
+    cpu_ms = dict.fromkeys(readers, float("inf"))
     for _ in range(rounds):
         for name, fn in readers.items():
             subset = locs[: max(10, n // 5)] if name == "dask_per_tile" else locs  # it is slow
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for x, y in subset:
                 fn(x, y)
-            results[name] = max(results[name], len(subset) / (time.perf_counter() - t0))
+            rates[name] = max(rates[name], len(subset) / (time.perf_counter() - t0))
+            cpu_ms[name] = min(cpu_ms[name], 1000 * (time.process_time() - c0) / len(subset))
     ts.close()
     slide.close()
-    return results
+    return {"rates": rates, "cpu_ms": cpu_ms, "locs": locs, "wh": (rw, rh)}
+
+
+def bench_decode_share(path: Path, locs: list[tuple[int, int]], wh: tuple[int, int], rounds: int = 3) -> dict:
+    """The codec's own time for the level-0 tiles under each region: tifffile's decode function
+    (the one both readers call) on one thread, the tile bytes read beforehand; best of ``rounds``.
+
+    Returns the mean tiles per region and the decode milliseconds per region.
+    """
+    import tifffile
+
+    rw, rh = wh
+    with tifffile.TiffFile(path) as tf:
+        page = tf.series[0].levels[0].pages[0]
+        th, tw = page.tilelength, page.tilewidth
+        across = -(-page.imagewidth // tw)
+        decode = page.decode
+        args = {"_fullsize": True} | ({"jpegtables": page.jpegtables} if page.jpegtables else {})
+        fh = tf.filehandle
+        regions = []
+        for x, y in locs:
+            tiles = []
+            for ty in range(y // th, (y + rh - 1) // th + 1):
+                for tx in range(x // tw, (x + rw - 1) // tw + 1):
+                    i = ty * across + tx
+                    fh.seek(page.dataoffsets[i])
+                    tiles.append((i, fh.read(page.databytecounts[i])))
+            regions.append(tiles)
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for tiles in regions:
+                for i, data in tiles:
+                    decode(data, i, **args)
+            best = min(best, time.perf_counter() - t0)
+    return {"tiles_per_region": sum(map(len, regions)) / len(regions), "decode_ms": 1000 * best / len(regions)}
 
 
 def bench_pan(path: Path, level: int) -> dict:
@@ -250,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, best kept (default 3)")
     p.add_argument("--screens", type=int, default=30, help="random screen-sized reads per round")
     p.add_argument("--quick-write", action="store_true", help="pyramid from 64 rendered tiles repeated")
+    p.add_argument("--slide", type=Path, help="measure this existing slide instead of writing one")
     args = p.parse_args(argv)
+    load0 = os.getloadavg()
 
     tmp = None
     directory = args.keep
@@ -258,10 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="histokd-bench-")
         directory = Path(tmp.name)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"bench_{args.size}_seed{args.seed}.tif"
+    path = args.slide or directory / f"bench_{args.size}_seed{args.seed}.tif"
     rows: list[tuple[str, str]] = []
     try:
-        if path.exists():
+        if args.slide is not None:
+            rows.append(("slide", str(path)))
+        elif path.exists():
             rows.append(("write slide", "reused existing file"))
         else:
             t0 = time.perf_counter()
@@ -278,27 +366,49 @@ def main(argv: list[str] | None = None) -> int:
         _, peak_write = rss_mib()
         rows.append(("peak RSS so far (incl. writing)", f"{peak_write:.0f} MiB"))
 
-        first = bench_open_first_view(path)
-        rows.append(("open slide + napari layer data", f"{1000 * first['open_s']:.1f} ms"))
-        rows.append((
-            f"first screen at lowest resolution (level {first['level']}, "
-            f"{first['view_shape'][1]}x{first['view_shape'][0]})",
-            f"{1000 * first['first_view_s']:.1f} ms",
-        ))
+        for cold in (True, False):
+            first = bench_open_first_view(path, cold=cold)
+            state = (f"file evicted from the page cache, {100 * first['cached']:.1f} % cached"
+                     if cold else "file in the page cache")
+            rows.append((f"open slide + napari layer data ({state})", f"{1000 * first['open_s']:.1f} ms"))
+            rows.append((
+                f"first screen at lowest resolution (level {first['level']}, "
+                f"{first['view_shape'][1]}x{first['view_shape'][0]}), {'cold' if cold else 'cached'}",
+                f"{1000 * first['first_view_s']:.1f} ms",
+            ))
+            if cold:
+                total = first["open_s"] + first["first_view_s"]
+                rows.append(("first view, cold: open + layer data + first screen", f"{1000 * total:.1f} ms"))
         labels = {
             "tiffslide": "TiffSlide.read_region",
             "napari": "what napari reads (display_levels)",
             "dask": "Slide.levels[0] (dask), threads",
             "dask_sync": "Slide.levels[0] (dask), synchronous",
             "dask_per_tile": "plain da.from_zarr (chunk = tile)",
-            "slide_read_region": "Slide.read_region (zarr direct)",
+            "slide_read_region": "Slide.read_region (direct)",
         }
         for what, kwargs in (("512x512", {"n": args.reads}), ("1920x1080", {"n": args.screens, "wh": SCREEN_WH})):
             reads = bench_random_reads(path, seed=args.seed, rounds=args.rounds, **kwargs)
+            rates, cpu_ms = reads["rates"], reads["cpu_ms"]
             for key, label in labels.items():
-                if key in reads:
-                    ratio = reads[key] / reads["tiffslide"]
-                    rows.append((f"random {what} reads/s, {label}", f"{reads[key]:.1f} (ratio {ratio:.2f})"))
+                if key in rates:
+                    ratio = rates[key] / rates["tiffslide"]
+                    rows.append((
+                        f"random {what} reads/s, {label}",
+                        f"{rates[key]:.1f} (ratio {ratio:.2f}; {cpu_ms[key]:.1f} CPU-ms per read)",
+                    ))
+            share = bench_decode_share(path, reads["locs"], reads["wh"], rounds=args.rounds)
+            ts_ms = 1000 / rates["tiffslide"]
+            ceiling = ts_ms / (share["decode_ms"] / DECODE_THREADS)
+            rows.append((
+                f"random {what}: codec time per read, 1 thread ({share['tiles_per_region']:.1f} tiles)",
+                f"{share['decode_ms']:.1f} ms ({100 * share['decode_ms'] / ts_ms:.0f} % of "
+                f"TiffSlide.read_region's {ts_ms:.1f} ms)",
+            ))
+            rows.append((
+                f"random {what}: ceiling ratio, {DECODE_THREADS}-way decode and nothing else",
+                f"{ceiling:.2f}",
+            ))
         with dask.config.set(scheduler="threads"):
             pan = bench_pan(path, args.pan_level)
         lh, lw = pan["level_shape"]
@@ -319,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(k) for k, _ in rows)
     cpus = os.cpu_count()
     load = os.getloadavg()
-    print(f"bench_slide: {args.size} x {args.size} px synthetic JPEG pyramid, {cpus} CPUs, "
-          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end")
+    what = path.name if args.slide else f"{args.size} x {args.size} px synthetic JPEG pyramid"
+    print(f"bench_slide: {what}, {cpus} CPUs, "
+          f"load average {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} at the start, "
+          f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end")
     print(f"| {'measure'.ljust(width)} | value |")
     print(f"|{'-' * (width + 2)}|-------|")
     for k, v in rows:

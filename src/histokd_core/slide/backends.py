@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from histokd_core.errors import SlideError
+from histokd_core.slide.tiles import TiledLevel, TileFile, tiled_rgb_page
 
 #: Backend names accepted by ``open_slide(..., backend=...)``; "auto" picks one per file.
 BACKENDS = ("tiffslide", "openslide", "wsidicom")
@@ -62,6 +63,9 @@ class SlideSource:
     properties : the backend's raw key/value metadata.
     associated : name (``"label"``, ``"macro"``, ``"thumbnail"``) -> reader of an ``(h, w, 3)``
         uint8 image.
+    tiled : level index -> a faster reader of the same ``(h, w, 3)`` pixels as ``arrays[i]``
+        (:class:`~histokd_core.slide.tiles.TiledLevel`: tiles decoded in parallel), for the
+        levels that have one; region reads and viewers use it, the dask levels keep ``arrays``.
     close : releases the file handles.
     """
 
@@ -73,6 +77,7 @@ class SlideSource:
     objective_power: float | None
     properties: dict[str, Any]
     associated: dict[str, Callable[[], np.ndarray]] = field(default_factory=dict)
+    tiled: dict[int, Any] = field(default_factory=dict)
     close: Callable[[], None] = lambda: None
 
 
@@ -207,7 +212,9 @@ def _check_tile_offsets(path: Path, tiff) -> None:
                 counts = getattr(page, "databytecounts", None)
                 if not offsets or not counts:
                     continue
-                end = max(int(o) + int(c) for o, c in zip(offsets, counts) if c)
+                counts = np.asarray(counts, dtype=np.int64)
+                ends = (np.asarray(offsets, dtype=np.int64) + counts)[counts > 0]
+                end = int(ends.max()) if ends.size else 0
                 if end > size:
                     raise SlideError(
                         f"{path}: the file is truncated ({size} bytes, but level {level_index} "
@@ -215,8 +222,37 @@ def _check_tile_offsets(path: Path, tiff) -> None:
                     )
 
 
+def _tiled_levels(path: Path, ts, arrays: list[Any]) -> tuple[dict[int, TiledLevel], TileFile | None]:
+    """:class:`TiledLevel` readers of the levels of ``ts`` that are single tiled 8-bit RGB pages
+    of the same shape as tiffslide's array of that level, and the file they read.
+
+    Slides tiffslide composes from several series, and levels of any other layout, get none
+    (they are read through zarr). Returns ``({}, None)`` when no level qualifies.
+    """
+    props = ts.properties
+    if props.get("tiffslide.series-composition"):
+        return {}, None
+    series = ts.ts_tifffile.series[int(props.get("tiffslide.series-index") or 0)]
+    levels = list(series.levels)
+    if len(levels) != len(arrays):
+        return {}, None
+    usable = [
+        i for i, (level, array) in enumerate(zip(levels, arrays))
+        if tiled_rgb_page(level) is not None and tuple(array.shape) == tuple(level.shape)
+    ]
+    if not usable:
+        return {}, None
+    tile_file = TileFile(path)
+    try:
+        return {i: TiledLevel(tile_file, levels[i]) for i in usable}, tile_file
+    except BaseException:
+        tile_file.close()
+        raise
+
+
 def open_tiffslide(path: Path) -> SlideSource:
-    """Open a TIFF-based slide with tiffslide; levels are its zarr arrays (chunks = TIFF tiles)."""
+    """Open a TIFF-based slide with tiffslide; levels are its zarr arrays (chunks = TIFF tiles),
+    and tiled RGB levels also get a :class:`TiledLevel` (parallel tile decode) for region reads."""
     tiffslide = _import("tiffslide", path)
     ts = tiffslide.TiffSlide(path)
     try:
@@ -224,6 +260,7 @@ def open_tiffslide(path: Path) -> SlideSource:
         props = dict(ts.properties)
         group = ts.zarr_group
         arrays = [group[str(i)] for i in range(int(ts.level_count))]
+        tiled, tile_file = _tiled_levels(path, ts, arrays)
         associated = {
             name: (lambda n=name: np.asarray(ts.associated_images[n].convert("RGB")))
             for name in ts.associated_images
@@ -231,6 +268,12 @@ def open_tiffslide(path: Path) -> SlideSource:
     except BaseException:
         ts.close()
         raise
+
+    def close() -> None:
+        ts.close()
+        if tile_file is not None:
+            tile_file.close()
+
     return SlideSource(
         backend="tiffslide",
         arrays=arrays,
@@ -240,7 +283,8 @@ def open_tiffslide(path: Path) -> SlideSource:
         objective_power=positive_float(props.get("tiffslide.objective-power")),
         properties=props,
         associated=associated,
-        close=ts.close,
+        tiled=tiled,
+        close=close,
     )
 
 

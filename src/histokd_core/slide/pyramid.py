@@ -16,14 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 import dask.array as da
 import numpy as np
 
+from histokd_core.slide.tiles import DECODE_THREADS
+
 #: Target dask chunk side (px): native tiles/strips are grouped to about this size.
 TARGET_CHUNK = 1024
 #: Extra levels are added until the coarsest level's longer side is at most this (px).
 OVERVIEW_MAX_SIDE = 1024
-#: Threads that decode the tiles of one read. tiffslide's zarr store decodes serially inside
-#: zarr's event loop unless told otherwise (its default is half the CPUs, and under 3 it decodes
-#: inline), so it is told here, before any slide is opened; a value set by the user wins.
-DECODE_THREADS = max(2, min(8, os.cpu_count() or 2))
+# tiffslide's zarr store (the dask levels' reader) decodes serially inside zarr's event loop
+# unless told otherwise (its default is half the CPUs, and under 3 it decodes inline), so it is
+# told here, before any slide is opened; a value set by the user wins.
 os.environ.setdefault("TIFFSLIDE_NUM_DECODE_THREADS", str(DECODE_THREADS))
 
 
@@ -58,10 +59,11 @@ def as_rgb_level(array) -> da.Array:
     chunks = list(shape)
     for axis in yx_axes:
         chunks[axis] = _axis_chunk(native[axis], shape[axis])
+    meta = np.empty((0,) * len(shape), dtype=array.dtype)  # given: dask would read a slice for it
     if hasattr(array, "store"):  # a zarr array (tiffslide)
-        level = da.from_zarr(array, chunks=tuple(chunks), inline_array=True)
+        level = da.from_zarr(array, chunks=tuple(chunks), inline_array=True, meta=meta)
     else:  # a backends.RegionArray (OpenSlide, wsidicom): one read call per chunk
-        level = da.from_array(array, chunks=tuple(chunks), inline_array=True, lock=False)
+        level = da.from_array(array, chunks=tuple(chunks), inline_array=True, lock=False, meta=meta)
     if level.ndim == 2:  # grey: replicate into RGB
         level = da.stack([level] * 3, axis=-1)
     elif yx_axes == (1, 2):
@@ -92,17 +94,18 @@ class DisplayLevel:
     napari slices each level of a multiscale layer and converts the result with ``np.asarray``.
     Through dask, every slice pays graph construction and scheduling, and reads whole ~1024 px
     chunks even for a small view. Here a slice reads exactly the tiles it covers with one call to
-    the backend's array: tiffslide's zarr store decodes them on ``DECODE_THREADS`` threads. For
-    arrays without their own parallel decode (``parallel_inside=False``, e.g. other backends'
-    region readers) a region spanning several tile rows is read as tile-aligned bands in a
-    thread pool. Nothing is cached, so memory stays flat while panning.
+    the level's reader: a tiled TIFF level's :class:`~histokd_core.slide.tiles.TiledLevel` (or
+    tiffslide's zarr store) decodes them on ``DECODE_THREADS`` threads. For arrays without their
+    own parallel decode (``parallel_inside=False``, e.g. other backends' region readers) a region
+    spanning several tile rows is read as tile-aligned bands in a thread pool. Nothing is cached,
+    so memory stays flat while panning.
 
     Parameters
     ----------
     array : the level as the backend gives it: ``(h, w, 3)`` with ``chunks`` (tile shape) and
         numpy-style slicing (a zarr array, or a region reader with the same interface).
     parallel_inside : whether one read of ``array`` already decodes its tiles in parallel
-        (default: true for zarr arrays).
+        (default: the array's own ``parallel_inside`` attribute, else true for zarr arrays).
     """
 
     def __init__(self, array, parallel_inside: bool | None = None) -> None:
@@ -114,7 +117,9 @@ class DisplayLevel:
         self.ndim = 3
         self.size = int(np.prod(self.shape))
         self.tile_hw = (int(array.chunks[0]), int(array.chunks[1]))
-        self.parallel_inside = hasattr(array, "store") if parallel_inside is None else parallel_inside
+        if parallel_inside is None:
+            parallel_inside = getattr(array, "parallel_inside", hasattr(array, "store"))
+        self.parallel_inside = bool(parallel_inside)
         self._pool: ThreadPoolExecutor | None = None
 
     def __len__(self) -> int:

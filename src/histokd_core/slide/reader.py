@@ -102,8 +102,10 @@ class Slide:
         self.native_level_count: int = len(arrays)
         native = [pyramid.as_rgb_level(a) for a in arrays]
         # RGB levels stored as (h, w, 3) are read directly (one call decodes all the tiles of a
-        # region, concurrently for zarr); other layouts and lazy overview levels go through dask
+        # region in parallel: the backend's tile reader where it has one, else the array itself);
+        # other layouts and lazy overview levels go through dask
         self._direct = {i: a for i, a in enumerate(arrays) if a.ndim == 3 and a.shape[-1] == 3}
+        self._direct.update(source.tiled)
         for i, level in enumerate(native):
             if level.dtype != np.uint8:
                 raise SlideError(
@@ -196,7 +198,8 @@ class Slide:
 
         Same convention as openslide/tiffslide (location divided by the level downsample,
         truncated); pixels outside the slide are 0. Returns ``(h, w, 3)`` uint8. Native levels
-        are read straight from the zarr store (as fast as ``TiffSlide.read_region``), lazy
+        are read directly (tiled TIFF levels tile by tile on several threads, see
+        :mod:`~histokd_core.slide.tiles`; other native levels from the backend's array), lazy
         overview levels through their dask graph.
         """
         if not 0 <= level < self.level_count:
@@ -296,12 +299,18 @@ class Slide:
 def _probe(slide: Slide) -> None:
     """Decode the first and the last pixel of every native level (one tile each).
 
-    Catches corrupt or undecodable tile data (e.g. a missing codec) at open time.
+    Catches corrupt or undecodable tile data (e.g. a missing codec) at open time. Levels read
+    directly are probed through that reader (the same codec call, without a dask graph: opening
+    a slide then never starts dask), the others through their dask level.
     """
     for i in range(slide.native_level_count):
-        level = slide.levels[i]
-        level[:1, :1].compute()
-        level[-1:, -1:].compute()
+        direct = slide._direct.get(i)
+        if direct is not None:
+            direct[:1, :1]
+            direct[-1:, -1:]
+        else:
+            slide.levels[i][:1, :1].compute()
+            slide.levels[i][-1:, -1:].compute()
 
 
 def _check_path(path: Path, backend: str) -> None:
