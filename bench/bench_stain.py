@@ -220,6 +220,26 @@ def fixed_scale_distances(out: Path, encoder: str, names) -> dict[str, float]:
     return out_d
 
 
+def patches_per_slide(out: Path, encoder: str, names) -> dict[str, dict[str, float]]:
+    """Mean patches per slide kept by each site's own tissue mask, per feature set."""
+    import pandas as pd
+
+    from histokd_core.features import open_features
+
+    cohort = pd.read_csv(out / "data" / "cohort.csv")
+    sites = pd.read_csv(out / "sites.csv")
+    site_of = dict(zip(sites["case_id"], sites["site"]))
+    slide_site = {Path(str(s)).stem: site_of[c] for s, c in zip(cohort["slide_id"], cohort["case_id"])}
+    counts = {}
+    for name in names:
+        root = out / "features" / encoder / name
+        if root.is_dir():
+            n = {sid: len(open_features(root, sid).feats("20x")) for sid in slide_site}
+            counts[name] = {site: float(np.mean([k for sid, k in n.items() if slide_site[sid] == site]))
+                            for site in ("A", "B")}
+    return counts
+
+
 def report(out: Path, seeds: int, encoder: str, n_folds: int = 5) -> None:
     """Merge ``results_*.json`` of the runs and print the table (paired differences to none)."""
     results, rows, extract_s, args = {}, [], {}, {}
@@ -255,7 +275,9 @@ def report(out: Path, seeds: int, encoder: str, n_folds: int = 5) -> None:
               f"{r.get('distance_none_scale', float('nan')):.2f} | "
               f"{r['c_a']:.3f} +- {r['c_a_se']:.3f} | {r['c_b']:.3f} +- {r['c_b_se']:.3f} | "
               f"{r['gap']:+.3f} +- {r['gap_se']:.3f} | {paired} |")
-    print(f"\nextraction seconds: {extract_s}")
+    print("\npatches per slide (mean), site A / site B: " + "; ".join(
+        f"{name} {c['A']:.1f} / {c['B']:.1f}" for name, c in patches_per_slide(out, encoder, FEATURE_SETS).items()))
+    print(f"extraction seconds: {extract_s}")
 
 
 def main() -> None:

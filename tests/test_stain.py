@@ -129,6 +129,13 @@ def test_restain_identity_and_a_hand_computed_pixel():
     assert np.abs(got.astype(int) - expect).max() <= 2
 
 
+def test_restain_leaves_glass_of_intensity_io_as_it_is():
+    glass = np.full((1, 2, 3), 240, np.uint8)
+    shift = StainShift.tilted(1.0)
+    assert np.abs(restain(glass, shift, io=240).astype(int) - 240).max() <= 1
+    assert np.abs(restain(glass, shift).astype(int) - 240).max() > 5  # io 256: glass is stained
+
+
 def test_reference_round_trip_and_validation():
     ref = StainReference("reinhard", {"means": [70.0, 15.0, -8.0], "stds": [25.0, 12.0, 9.0]}, 9, "x")
     again = StainReference.from_attrs(json.loads(json.dumps(ref.to_attrs())))

@@ -60,14 +60,20 @@ class StainShift:
         )
 
 
-def restain(image: np.ndarray, shift: StainShift) -> np.ndarray:
-    """Apply ``shift`` to an ``(..., 3)`` uint8 RGB image; returns uint8 of the same shape."""
+def restain(image: np.ndarray, shift: StainShift, io: float = 256.0) -> np.ndarray:
+    """Apply ``shift`` to an ``(..., 3)`` uint8 RGB image; returns uint8 of the same shape.
+
+    ``io`` is the transmitted (glass) intensity of the Beer-Lambert model, ``OD = -ln((I + 1) / io)``.
+    With the default 256, near-white glass has a small optical density that the shift re-stains
+    (the synthetic slides' glass, ~243, turns blue under ``StainShift.tilted(1.0)``); glass of
+    intensity ``io`` has none and keeps its colour.
+    """
     rgb = np.asarray(image)
-    od = -np.log((rgb.astype(np.float64) + 1.0) / 256.0).reshape(-1, 3)
+    od = -np.log((rgb.astype(np.float64) + 1.0) / io).reshape(-1, 3)
     concentrations = od @ np.linalg.inv(_matrix(HEMATOXYLIN, EOSIN))
     concentrations[:, 0] *= shift.h_gain
     concentrations[:, 1] *= shift.e_gain
-    out = 256.0 * np.exp(-(concentrations @ _matrix(np.array(shift.hematoxylin), np.array(shift.eosin)))) - 1.0
+    out = io * np.exp(-(concentrations @ _matrix(np.array(shift.hematoxylin), np.array(shift.eosin)))) - 1.0
     return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(rgb.shape)
 
 
@@ -77,8 +83,10 @@ def write_restained_slide(
     shift: StainShift,
     tile: int = 256,
     quality: int = 90,
+    io: float = 256.0,
 ) -> Path:
-    """Re-stain every pixel of slide ``src`` and write a pyramidal tiled JPEG TIFF at ``dst``.
+    """Re-stain every pixel of slide ``src`` (:func:`restain` with ``io``) and write a pyramidal
+    tiled JPEG TIFF at ``dst``.
 
     Level 0 is read whole (meant for the benchmark's small synthetic slides), re-stained, and
     written with halved SubIFD levels and the same mpp; the write is atomic.
@@ -89,7 +97,7 @@ def write_restained_slide(
     from histokd_core.slide import open_slide
 
     with open_slide(src) as slide:
-        level0 = restain(slide.levels[0].compute(), shift)
+        level0 = restain(slide.levels[0].compute(), shift, io)
         mpp = slide.require_mpp()
     levels = [level0]
     while max(levels[-1].shape[:2]) > tile:
