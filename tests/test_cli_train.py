@@ -123,6 +123,37 @@ def test_predict_writes_one_qupath_detection_per_patch(run_dir, cohort_dir, tmp_
         assert f["properties"]["measurements"]["attention"] == pytest.approx(row.attention, rel=1e-5)
 
 
+def test_predict_writes_the_linear_students_risk_contribution(run_dir, cohort_dir, tmp_path):
+    """A linear AMKD student's checkpoint: the CSV, the QuPath measurements and the JSON summary
+    carry each patch's risk contribution, which sums to the risk minus the bias."""
+    import torch
+
+    from histokd_core.bag import DataInfo
+    from histokd_core.methods.amkd import Config
+    from histokd_core.methods.amkd.linear_student import LinearStudent
+    from histokd_core.train.checkpoint import model_state, read_checkpoint, save_checkpoint
+
+    _, meta = read_checkpoint(run_dir / "fold_0" / "abmil.safetensors")
+    meta = {**meta, "method": "amkd", "method_config": {}, "stage": "linear_student_no_kd"}
+    model = LinearStudent(DataInfo(**meta["data_info"]), Config(), distill=False)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.linear.weight)
+    ckpt = save_checkpoint(tmp_path / "linear_student_no_kd.safetensors", model_state(model), meta)
+    out, qp = tmp_path / "maps.csv", tmp_path / "maps.geojson"
+    assert main(["predict", "--checkpoint", str(ckpt), "--features", str(cohort_dir / "features"),
+                 "--slide-id", "SYN-0003-S1", "--out", str(out), "--qupath", str(qp)]) == 0
+    table = pd.read_csv(out)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert {"attention", "contribution"} <= set(table.columns)
+    assert table["attention"].to_numpy() == pytest.approx(1 / len(table))  # mean pooling
+    bias = float(model.linear.bias[0])
+    assert table["contribution"].sum() == pytest.approx(summary["risk"] - bias, abs=1e-5)
+    assert "log-hazard" in summary["units"]["contribution"]
+    feats = json.loads(qp.read_text(encoding="utf-8"))["features"]
+    assert [f["properties"]["measurements"]["contribution"] for f in feats] == pytest.approx(
+        table["contribution"].tolist(), rel=1e-5)
+
+
 def test_predict_all_slides_of_a_store(run_dir, cohort_dir, tmp_path, capsys):
     from histokd_core.features import available_slide_ids
 

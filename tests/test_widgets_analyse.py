@@ -322,6 +322,56 @@ def test_colour_bar_has_the_unit_and_range_of_the_map(make_napari_viewer, traine
     w.grab()  # the bar paints
 
 
+def test_a_linear_students_risk_contribution_is_the_main_map(make_napari_viewer, trained):
+    """A mean-pooling student (uniform attention, signed per-patch risk contribution): the
+    contribution is shown first, symmetric around 0 with its log-hazard unit on both colour bars;
+    the flat attention is flagged and drawn faint so it never hides the tissue; a fixed colour
+    scale falls back to the slide's for the contribution and says so; the export dock offers it."""
+    from histokd_core.workflows import Analysis
+    from napari_histokd._layers import NEAR_UNIFORM_OPACITY
+    from napari_histokd._widgets.analyse import AnalyseWidget, add_analysis_layers
+    from napari_histokd._widgets.export import ExportWidget
+
+    viewer = make_napari_viewer(show=True)
+    w = AnalyseWidget(viewer)
+    coords = lattice()
+    n = len(coords)
+    inside = ((coords[:, 0] >= REGION.x0) & (coords[:, 0] < REGION.x1)
+              & (coords[:, 1] >= REGION.y0) & (coords[:, 1] < REGION.y1))
+    contribution = np.where(inside, 0.02, -0.001)
+    expl = Explanation(coords=coords, patch_size=P, attention=np.full(n, 1.0 / n),
+                       contribution=contribution, risk=float(contribution.sum()) + 0.1)
+    w.analysis = Analysis(expl, {}, "s", trained.features)
+    w.layers = add_analysis_layers(viewer, w.analysis, MPP, units=("um", "um"))
+    w.show_results()
+    assert [k for k, lyr in w.layers.items() if lyr.visible] == ["contribution"]
+    c = w.layers["contribution"]
+    assert c.contrast_limits == pytest.approx([-0.02, 0.02])
+    assert c.metadata["scale"]["kind"] == "contribution" and c.opacity == 1.0
+    middle = c.colormap.colors[len(c.colormap.colors) // 2]
+    assert middle[3] == pytest.approx(0.0, abs=0.02)  # transparent at 0
+    assert w.colourbar.caption() == "risk contribution (log-hazard)"
+    caption = viewer.canvas.overlays.text.text.splitlines()
+    assert caption == ["risk contribution per patch",
+                       "risk contribution (log-hazard): -0.02 to 0.02 (slide scale)",
+                       "+ raises the risk, - lowers it; patches add up to risk - bias"]
+    assert "add up to the risk minus the model" in w.legend_note.text()
+    # top patches: the most risk-raising ones, in log-hazard
+    assert all(inside[i] for i in w._top[: int(inside.sum())])
+    assert "0.02 risk contribution (log-hazard)" in w.top_list.item(0).text()
+    # the uniform attention: flagged and faint
+    att = w.layers["attention"]
+    assert att.metadata["scale"]["near_uniform"] and att.opacity == NEAR_UNIFORM_OPACITY
+    # a fixed scale has no range for a risk contribution: the slide's, with a note
+    w.layers = add_analysis_layers(viewer, w.analysis, MPP, units=("um", "um"), scale_mode="fixed")
+    w.show_results()
+    scale = w.layers["contribution"].metadata["scale"]
+    assert scale["mode"] == "slide" and "no fixed range for contribution maps" in scale["note"]
+    assert w.layers["attention"].contrast_limits == [0.0, 4.0]
+    export = ExportWidget(viewer)
+    assert "s contribution" in [export.heatmap.itemText(i) for i in range(export.heatmap.count())]
+
+
 def test_rerun_replaces_the_previous_layers_and_top_patch_click_moves_the_camera(slide_dock, qtbot, trained):
     viewer, w = slide_dock.viewer, slide_dock.w
     w.checkpoint.setText(str(trained.checkpoint))

@@ -2,10 +2,12 @@
 
 Every layer is placed with :mod:`histokd_core.slide.geometry` (pixel-centre convention), in the
 slide layer's world units (``world_mpp`` = microns per level-0 px, or 1.0 for a slide shown in
-pixels). Heatmaps are float images in their map's unit (attention: multiples of uniform) with NaN
-where no patch lies (transparent), the range and colour table of
-:mod:`histokd_core.explain.colour`; cluster maps are Labels; memory components are one
-2-D image showing one component at a time; top patches are a Points layer of ranked, labelled squares.
+pixels). Heatmaps are float images in their map's unit (attention: multiples of uniform; a risk
+contribution: log-hazard, on the diverging scale) with NaN where no patch lies (transparent), the
+range and colour table of :mod:`histokd_core.explain.colour`, and a lower opacity when the map is
+nearly uniform (so a flat map does not hide the tissue); cluster maps are Labels; memory
+components are one 2-D image showing one component at a time; top patches are a Points layer of
+ranked, labelled squares.
 """
 
 from __future__ import annotations
@@ -15,14 +17,30 @@ from typing import Any
 import numpy as np
 
 from histokd_core.explain import cluster_sizes, label_color, rasterize, rasterize_labels
-from histokd_core.explain.colour import MapKind, MapScale, ScaleMode, map_scale, to_display
+from histokd_core.explain.colour import (
+    MapKind,
+    MapScale,
+    ScaleMode,
+    has_fixed_range,
+    map_scale,
+    to_display,
+)
 from histokd_core.methods.base import Explanation
 from histokd_core.slide.geometry import patch_centres_world
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: the map shown first after Analyse (the others are added hidden), in order of preference.
-MAIN_MAPS = ("attention", "pathway", "memory")
+#: the map shown first after Analyse (the others are added hidden), in order of preference: a
+#: model with a risk contribution (the linear student) pools its patches uniformly, so its
+#: contribution says more than its attention.
+MAIN_MAPS = ("contribution", "attention", "pathway", "memory")
+#: opacity of a heatmap whose map is nearly uniform (its colour would cover the whole tissue).
+NEAR_UNIFORM_OPACITY = 0.35
+
+
+def map_opacity(scale: MapScale) -> float:
+    """A heatmap layer's opacity: 1, or :data:`NEAR_UNIFORM_OPACITY` for a nearly uniform map."""
+    return NEAR_UNIFORM_OPACITY if scale.near_uniform else 1.0
 
 
 def napari_colormap(scale: MapScale):
@@ -47,13 +65,21 @@ def _raster_meta(raster, world_mpp: float) -> dict[str, Any]:
 def layer_scale(display, kind: MapKind, mode: ScaleMode, map_name: str,
                 cohort: dict[str, MapScale] | None = None) -> MapScale:
     """:func:`~histokd_core.explain.colour.map_scale` of one map; the ``cohort`` mode takes the
-    run's scale of ``map_name`` (``"attention"``, ``"pathway:<name>"``, ``"memory:<component>"``)
-    from ``cohort`` (:func:`~histokd_core.workflows.predict_cohort.run_colour_scales`)."""
+    run's scale of ``map_name`` (``"attention"``, ``"contribution"``, ``"pathway:<name>"``,
+    ``"memory:<component>"``) from ``cohort``
+    (:func:`~histokd_core.workflows.predict_cohort.run_colour_scales`). A map with no fixed range
+    (a risk contribution) gets the slide scale under ``"fixed"``, and its note says so."""
+    import dataclasses
+
     from histokd_core.errors import DataError
 
     if mode == "cohort" and map_name not in (cohort or {}):
         raise DataError(f"cohort colour scale: the run's cohort maps have no {map_name!r} map "
                         "(predict all slides of this run with this model first)")
+    if mode == "fixed" and not has_fixed_range(kind):
+        scale = map_scale(display, kind, "slide")
+        note = f"no fixed range for {kind} maps: this slide's scale"
+        return dataclasses.replace(scale, note="; ".join(n for n in (note, scale.note) if n))
     return map_scale(display, kind, mode, (cohort or {}).get(map_name))
 
 
@@ -66,7 +92,7 @@ def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, 
         "name": name,
         "colormap": napari_colormap(scale),
         "contrast_limits": scale.contrast_limits,
-        "opacity": 1.0,
+        "opacity": map_opacity(scale),
         "blending": "translucent",
         "interpolation2d": "nearest",
         "metadata": {"histokd_kind": kind, "map_kind": map_kind, "scale": scale_metadata(scale),
@@ -105,7 +131,8 @@ def explanation_layers(
 ) -> list[LayerData]:
     """All overlays of an Explanation, in world units of ``world_mpp`` per level-0 pixel.
 
-    Layers (present when the Explanation has the field): ``attention`` heatmap and ``pathway``
+    Layers (present when the Explanation has the field): ``contribution`` heatmap (each patch's
+    share of the risk, log-hazard, diverging scale), ``attention`` heatmap and ``pathway``
     heatmap (top-ranked pathway; ``metadata["pathway_grids"]`` holds every pathway's grid in rank
     order), both in multiples of uniform attention (1/n); one Labels per cluster map
     (``metadata["legend"]``: cluster id -> patch count, ``metadata["colors"]``: id -> RGB);
@@ -115,12 +142,18 @@ def explanation_layers(
     Every heatmap carries ``metadata["scale"]`` (:func:`scale_metadata`) and a colormap from
     :mod:`histokd_core.explain.colour`, with ``scale_mode`` (``cohort`` takes each map's scale
     from ``cohort``, keyed by map name: ``"attention"``, ``"pathway:<name>"``,
-    ``"memory:<component>"``; the memory layer spans the widest of its components' ranges). Only the main map (:data:`MAIN_MAPS`) is visible. ``units`` (the slide
+    ``"memory:<component>"``; the memory layer spans the widest of its components' ranges). Only
+    the main map (:data:`MAIN_MAPS`) is visible; a nearly uniform heatmap is drawn at
+    :data:`NEAR_UNIFORM_OPACITY`. ``units`` (the slide
     layer's, e.g. ``("micrometer", "micrometer")``) are given to every layer so napari keeps
     physical units.
     """
     layers: list[LayerData] = []
     p = f"{prefix} " if prefix else ""
+    if expl.contribution is not None:
+        _, layer = _heatmap(expl, expl.contribution, f"{p}contribution", world_mpp, "contribution",
+                            "contribution", stride, scale_mode, cohort, "contribution")
+        layers.append(layer)
     if expl.attention is not None:
         _, layer = _heatmap(expl, expl.attention, f"{p}attention", world_mpp, "attention", "attention",
                             stride, scale_mode, cohort, "attention")
@@ -161,7 +194,7 @@ def explanation_layers(
             "name": f"{p}memory: {names[0]}",
             "colormap": napari_colormap(scale),
             "contrast_limits": scale.contrast_limits,
-            "opacity": 1.0,
+            "opacity": map_opacity(scale),
             "blending": "translucent",
             "interpolation2d": "nearest",
             "metadata": {"histokd_kind": "memory", "memory_names": names, "map_kind": "similarity",
@@ -207,8 +240,8 @@ def _memory_scale(mem: np.ndarray, names: list[str], mode: ScaleMode,
 def _main_top(top: dict[str, list[int]], main: str | None, layers: list[LayerData]) -> str:
     """Which map's top patches to show first: the main map's (the top pathway for a pathway map,
     the first component for memory), else the first listed."""
-    if main == "attention" and "attention" in top:
-        return "attention"
+    if main in ("attention", "contribution") and main in top:
+        return main
     for _, kw, _ in layers:
         m = kw["metadata"]
         if main == "pathway" and m.get("histokd_kind") == "pathway" and m["pathway"] in top:
@@ -233,16 +266,21 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
     """One multiscale image layer of a fine (overlap-averaged) map.
 
     ``fine`` is a :class:`~histokd_core.workflows.fine_maps.FineMaps`; ``key`` one of its map names
-    (``"attention"``, ``"pathway:<name>"``, ``"memory:<component>"``). Attention and pathway maps
-    are shown in multiples of uniform over the overlapping patches (their attention sums to 1 over
-    them), memory maps as cosine similarity; the pyramid stays lazy (dask), scaled on the fly.
+    (``"attention"``, ``"contribution"``, ``"pathway:<name>"``, ``"memory:<component>"``). Attention
+    and pathway maps are shown in multiples of uniform over the overlapping patches (their
+    attention sums to 1 over them), a risk contribution in log-hazard per overlapping patch (they
+    sum to the risk of the overlapping bag minus the bias), memory maps as cosine similarity; the
+    pyramid stays lazy (dask), scaled on the fly.
     """
     fmap = fine.maps[key]
     expl = fine.explanation
     n = len(expl.coords)
-    kind: MapKind = "similarity" if key.startswith("memory:") else "attention"
+    kind: MapKind = ("similarity" if key.startswith("memory:") else
+                     "contribution" if key == "contribution" else "attention")
     if key == "attention":
         per_patch = expl.attention
+    elif key == "contribution":
+        per_patch = expl.contribution
     elif key.startswith("pathway:"):
         per_patch = expl.pathway_maps[key.split(":", 1)[1]]
     else:
@@ -257,7 +295,7 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
         "colormap": napari_colormap(scale),
         "contrast_limits": scale.contrast_limits,
         "multiscale": len(levels) > 1,
-        "opacity": 1.0,
+        "opacity": map_opacity(scale),
         "blending": "translucent",
         "interpolation2d": "nearest",
         "metadata": {"histokd_kind": "fine", "fine_map": key, "map_kind": kind, "world_mpp": world_mpp,

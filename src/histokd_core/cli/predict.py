@@ -20,8 +20,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Print the predicted risk (survival) or class probability (classification) and write a "
             "CSV with one row per patch: level-0 x, y, patch size, attention and any other per-patch "
-            "map of the model (pathway maps, memory activations, cluster ids). A JSON summary with "
-            "the prediction, pathway ranking and top patches is written beside it. With --run, "
+            "map of the model (the risk contribution of a linear student in log-hazard units, "
+            "pathway maps, memory activations, cluster ids). A JSON summary with the prediction, "
+            "pathway ranking, top patches and the score columns' units is written beside it. "
+            "With --run, "
             "--cohort and --maps: every slide of the cohort, one dask task per slide, resumable, "
             "with a summary CSV (exit code 1 when any slide failed)."
         ),
@@ -57,9 +59,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     cohort.add_argument("--maps", type=Path, default=None,
                         help="output folder: <slide>/maps.{csv,json,zarr,geojson}, PNGs, summary.csv")
     cohort.add_argument("--stage", default=None, help="model of the run (default student)")
-    cohort.add_argument("--png-maps", default="attention",
-                        help="comma-separated maps drawn as PNG on a cohort-wide scale "
-                        "(default attention; e.g. attention,pathway:HYPOXIA)")
+    cohort.add_argument("--png-maps", default="attention,contribution",
+                        help="comma-separated maps drawn as PNG on a cohort-wide scale (default "
+                        "attention,contribution: the patches' share of the risk in log-hazard "
+                        "units, "
+                        "for models that have it; e.g. attention,pathway:HYPOXIA)")
     cohort.add_argument("--label-column", default=None, help="label column (classification runs)")
     cohort.add_argument("--scheduler", default=None,
                         help="address of a dask scheduler (default: a LocalCluster on this machine)")

@@ -6,8 +6,10 @@ Each map kind has a unit a pathologist can read on a colour bar:
   to 1 over the slide's ``n`` patches) is shown as **multiples of uniform**, ``value * n``: 1.0 is
   the attention every patch would get if the model looked at all of them equally (1/n).
 * ``"probability"``: 0..1, always on the fixed range [0, 1].
-* ``"signed"`` (a signed score, e.g. a contribution to the predicted risk): symmetric range
-  ``[-m, m]`` around 0 with a diverging colour map that is transparent at 0.
+* ``"signed"`` (a signed score): symmetric range ``[-m, m]`` around 0 with a diverging colour map
+  that is transparent at 0.
+* ``"contribution"`` (each patch's share of the predicted risk, in the risk's log-hazard units;
+  the patches sum to the risk minus the model's bias): the signed scale and colour map.
 * ``"similarity"`` (cosine of a patch to a memory component): -1..1 on the signed scale.
 
 A :class:`MapScale` is the colour scale of one map: unit, ``[low, high]`` in that unit, the colour
@@ -33,7 +35,9 @@ import numpy as np
 
 from histokd_core.errors import DataError
 
-MapKind = Literal["attention", "probability", "signed", "similarity"]
+MapKind = Literal["attention", "probability", "signed", "contribution", "similarity"]
+#: kinds drawn on the symmetric, diverging scale.
+SIGNED_KINDS = ("signed", "contribution", "similarity")
 ScaleMode = Literal["slide", "fixed", "cohort"]
 
 #: a map whose largest value is below this many multiples of uniform is flagged near-uniform.
@@ -49,6 +53,7 @@ UNITS: dict[str, str] = {
     "attention": "x uniform (1/n)",
     "probability": "probability",
     "signed": "signed score",
+    "contribution": "risk contribution (log-hazard)",
     "similarity": "cosine similarity",
 }
 
@@ -57,6 +62,9 @@ MEANINGS: dict[str, str] = {
                  "2 = twice the average patch",
     "probability": "probability 0-1",
     "signed": "signed: above 0 raises the prediction, below 0 lowers it",
+    "contribution": "each patch's share of the predicted risk, in its log-hazard units: above 0 "
+                    "raises the risk, below 0 lowers it; all patches add up to the risk minus "
+                    "the model's bias",
     "similarity": "cosine similarity to the component: 1 = same direction, 0 = unrelated, "
                   "-1 = opposite",
 }
@@ -137,6 +145,12 @@ def is_near_uniform(display_values: np.ndarray, kind: MapKind = "attention",
     return bool(v.size) and float(v.max()) < ratio
 
 
+def has_fixed_range(kind: MapKind) -> bool:
+    """Whether the ``"fixed"`` mode has a constant range for ``kind`` (signed scores and risk
+    contributions have none: their size depends on the model)."""
+    return kind in ("attention", "probability", "similarity")
+
+
 def _range(kind: MapKind, v: np.ndarray, mode: ScaleMode) -> tuple[float, float]:
     if kind == "probability":
         return 0.0, 1.0
@@ -195,7 +209,7 @@ def map_scale(
     if v.size and (v.max() > high or v.min() < low):
         out = int(np.sum((v > high) | (v < low)))
         notes.append(f"{out} of {v.size} patches beyond the scale (shown at its ends)")
-    signed = kind in ("signed", "similarity")
+    signed = kind in SIGNED_KINDS
     return MapScale(
         kind=kind,
         unit=UNITS[kind],
@@ -233,12 +247,12 @@ def cohort_scale(maps: Iterable[np.ndarray], kind: MapKind, quantile: float = 0.
         low, high = 0.0, 1.0
     elif kind == "attention":
         low, high = 0.0, max(MIN_ATTENTION_HIGH, float(np.quantile(pooled, quantile)))
-    elif kind in ("signed", "similarity"):
+    elif kind in SIGNED_KINDS:
         m = float(np.quantile(np.abs(pooled), quantile)) or 1.0
         low, high = -m, m
     else:
         raise DataError(f"map kind: expected one of {sorted(UNITS)}, got {kind!r}")
-    signed = kind in ("signed", "similarity")
+    signed = kind in SIGNED_KINDS
     return MapScale(kind=kind, unit=UNITS[kind], low=low, high=high, mode="cohort",
                     near_uniform=False, note="", colormap=diverging_table() if signed else sequential_table(),
                     colormap_name="histokd-diverging" if signed else "histokd-sequential")

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class SlidePrediction:
     """What :func:`predict_slide` wrote: the ``summary`` (``slide_id``, ``stage``, ``method``,
-    ``n_patches``, ``risk`` or ``probabilities``, ``pathway_scores``, ``top_patches``), the
+    ``n_patches``, ``risk`` or ``probabilities``, ``pathway_scores``, ``top_patches``, ``units`` of
+    the CSV's score columns), the
     model's :class:`Explanation`, and the CSV path (the JSON summary is beside it)."""
 
     summary: dict
@@ -42,6 +43,19 @@ class SlidePrediction:
         return f"{self.summary['slide_id']}\tprobability={self.summary['probabilities'][-1]:.4f}"
 
 
+#: the unit of each per-patch score column, written into the JSON summaries.
+COLUMN_UNITS = {
+    "attention": "share of the slide's attention (the patches sum to 1)",
+    "contribution": "the patch's share of the predicted risk, log-hazard units (the patches sum "
+                    "to the risk minus the model's bias; > 0 raises the risk)",
+}
+
+
+def column_units(cols: Sequence[str]) -> dict[str, str]:
+    """The unit of each score column in ``cols`` that has one (:data:`COLUMN_UNITS`)."""
+    return {c: COLUMN_UNITS[c] for c in cols if c in COLUMN_UNITS}
+
+
 def explanation_table(expl: Explanation) -> tuple[list[str], np.ndarray]:
     """Columns and ``(n, c)`` values of every per-patch map of an Explanation."""
     n = expl.coords.shape[0]
@@ -50,6 +64,9 @@ def explanation_table(expl: Explanation) -> tuple[list[str], np.ndarray]:
     if expl.attention is not None:
         cols.append("attention")
         values.append(expl.attention)
+    if expl.contribution is not None:
+        cols.append("contribution")
+        values.append(expl.contribution)
     for name, arr in expl.pathway_maps.items():
         cols.append(f"pathway:{name}")
         values.append(arr)
@@ -81,7 +98,8 @@ def predict_slide(
     features : one slide's ``.zarr`` / ``.h5`` / ``.pt`` features, or a store / folder with
         ``slide_id``.
     out : the per-patch CSV: level-0 ``x``, ``y``, ``patch_size``, ``attention`` and every other
-        map the model explains (``pathway:<name>``, ``memory:<component>``, ``cluster:<map>``);
+        map the model explains (``contribution``: the patch's share of the risk in log-hazard
+        units, ``pathway:<name>``, ``memory:<component>``, ``cluster:<map>``);
         ``out`` with suffix ``.json`` gets the summary.
     device : ``"cpu"``, ``"cuda"``, ``"auto"``.
     overwrite : replace existing outputs (otherwise an existing file is an error).
@@ -110,7 +128,8 @@ def explanation_detections(
 ) -> tuple[dict[str, np.ndarray], PatchClasses | None]:
     """Measurements and classes of an :class:`~histokd_core.methods.base.Explanation`'s patches.
 
-    Measurements: ``attention`` (sums to 1 over the slide), ``pathway:<name>``,
+    Measurements: ``attention`` (sums to 1 over the slide), ``contribution`` (the patch's share
+    of the risk, log-hazard; sums to the risk minus the model's bias), ``pathway:<name>``,
     ``memory:<component>`` and ``cluster:<map>`` (the id as a number). Classes: the cluster map
     ``cluster_map`` (default the first one, e.g. ``"tumor"``) as ``"<map> cluster <id>"`` with the
     viewer's cluster colours; None when the model has no cluster map.
@@ -121,6 +140,8 @@ def explanation_detections(
     meas: dict[str, np.ndarray] = {}
     if expl.attention is not None:
         meas["attention"] = np.asarray(expl.attention, dtype=np.float64)
+    if expl.contribution is not None:
+        meas["contribution"] = np.asarray(expl.contribution, dtype=np.float64)
     for name, arr in expl.pathway_maps.items():
         meas[f"pathway:{name}"] = np.asarray(arr, dtype=np.float64)
     if expl.memory is not None:
@@ -233,6 +254,7 @@ def _predict(model, meta: dict, checkpoint, features, slide_id: str | None, out:
     summary["pathway_scores"] = {k: float(v) for k, v in expl.pathway_scores.items()}
     summary["top_patches"] = {k: np.asarray(v).tolist() for k, v in expl.top_patches.items()}
     cols, values = explanation_table(expl)
+    summary["units"] = column_units(cols)
     with atomic_path(out, overwrite=overwrite) as tmp:
         pd.DataFrame(values, columns=cols).astype({"x": int, "y": int, "patch_size": int}).to_csv(
             tmp, index=False

@@ -85,9 +85,12 @@ class CohortMaps:
 
 def map_kind(name: str) -> str:
     """Colour kind of a map column: attention and pathway maps (attention over patches, sum 1)
-    are ``"attention"``; memory activations are ``"similarity"``."""
+    are ``"attention"``; a risk contribution is ``"contribution"``; memory activations are
+    ``"similarity"``."""
     if name == "attention" or name.startswith("pathway:"):
         return "attention"
+    if name == "contribution":
+        return "contribution"
     if name.startswith("memory:"):
         return "similarity"
     raise DataError(f"map {name!r} has no colour scale (cluster maps are classes, not scores)")
@@ -159,7 +162,7 @@ def predict_one(job: dict[str, Any]) -> dict[str, Any]:
 
     from histokd_core.io import write_json
     from histokd_core.workflows.inference import explain_bag, read_slide_bag
-    from histokd_core.workflows.predict import explanation_table, write_qupath
+    from histokd_core.workflows.predict import column_units, explanation_table, write_qupath
 
     start = time.perf_counter()
     row = {k: job[k] for k in ("slide_id", "case_id", "fold", "out_of_fold")}
@@ -189,7 +192,8 @@ def predict_one(job: dict[str, Any]) -> dict[str, Any]:
         summary = {**row, **pred, "checkpoint": job["checkpoint"], "stage": meta.get("stage"),
                    "method": meta.get("method"),
                    "pathway_scores": {k: float(v) for k, v in expl.pathway_scores.items()},
-                   "top_patches": {k: np.asarray(v).tolist() for k, v in expl.top_patches.items()}}
+                   "top_patches": {k: np.asarray(v).tolist() for k, v in expl.top_patches.items()},
+                   "units": column_units(cols)}
         write_json(slide_dir / "maps.json", summary)
         write_json(done, {"checkpoint": job["checkpoint"], "row": pred})
         return {**row, **pred, "status": "done", "reason": "",
@@ -324,8 +328,8 @@ def pooled_scales(slide_dirs: Sequence[Path], names: Sequence[str]) -> dict[str,
     Parameters
     ----------
     slide_dirs : ``OUT/<slide_id>`` folders written by :func:`predict_one`.
-    names : map names (``"attention"``, ``"pathway:<name>"``, ``"memory:<component>"``); a map no
-        slide has is left out.
+    names : map names (``"attention"``, ``"contribution"``, ``"pathway:<name>"``,
+        ``"memory:<component>"``); a map no slide has is left out.
 
     Returns
     -------
@@ -354,8 +358,8 @@ def run_colour_scales(maps_dir: str | os.PathLike, names: Sequence[str] | None =
     Parameters
     ----------
     maps_dir : the ``--maps`` folder of ``histokd predict --run``.
-    names : maps wanted (default: every scored map of the first pooled slide: attention, each
-        pathway, each memory component).
+    names : maps wanted (default: every scored map of the first pooled slide: attention, the
+        risk contribution, each pathway, each memory component).
 
     Returns
     -------
@@ -453,7 +457,7 @@ def predict_cohort_maps(
     out: str | os.PathLike,
     *,
     stage: str | None = None,
-    png_maps: Sequence[str] = ("attention",),
+    png_maps: Sequence[str] = ("attention", "contribution"),
     label_column: str | None = None,
     scheduler: str | None = None,
     n_workers: int = 2,
@@ -470,8 +474,9 @@ def predict_cohort_maps(
     features : feature store / folder holding every slide's features.
     out : output folder (see the module docstring for its layout); reruns resume in it.
     stage : the model (default ``student`` when trained, else the first slide-only stage).
-    png_maps : maps drawn as PNG on a cohort-wide scale (``"attention"``, ``"pathway:<name>"``,
-        ``"memory:<component>"``); every map is in the CSV, zarr and GeoJSON anyway.
+    png_maps : maps drawn as PNG on a cohort-wide scale (``"attention"``, ``"contribution"``,
+        ``"pathway:<name>"``, ``"memory:<component>"``); every map is in the CSV, zarr and
+        GeoJSON anyway.
     label_column : the cohort's label column for classification runs.
     scheduler : address of an existing dask scheduler; None starts a LocalCluster of
         ``n_workers`` processes (one thread each).

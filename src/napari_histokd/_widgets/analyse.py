@@ -1,4 +1,5 @@
-"""Analyse dock: a slide + a trained checkpoint -> attention, pathway, cluster and memory overlays.
+"""Analyse dock: a slide + a trained checkpoint -> risk contribution, attention, pathway, cluster
+and memory overlays.
 
 After a run only the main map is visible; the "map" selector shows one map at a time with its
 colour bar (unit, range, near-uniform note) and its ranked top patches, which the list centres
@@ -40,7 +41,7 @@ from histokd_core.errors import Cancelled
 from histokd_core.explain.colour import PATHWAY_SCORE_UNIT, pathway_score_text, to_display
 from histokd_core.slide.geometry import patch_centres_world
 from histokd_core.workflows import Analysis, analyse_slide
-from napari_histokd._layers import explanation_layers, prediction_text, top_patch_points
+from napari_histokd._layers import MAIN_MAPS, explanation_layers, prediction_text, top_patch_points
 from napari_histokd._widgets._common import (
     WorkerSignals,
     apply_mpp,
@@ -477,12 +478,13 @@ class AnalyseWidget(QWidget):
         self.status.setText(f"{analysis.slide_id}: {len(analysis.explanation.coords)} patches")
 
     def add_fine_layer(self, fine, world_mpp: float, units=None, scale_mode: str = "slide", cohort=None):
-        """Add the fine map of the main map (attention, else the top pathway, else the first memory
-        component) as one multiscale layer; it becomes the shown map, the coarse one is hidden."""
+        """Add the fine map of the main map (:data:`~napari_histokd._layers.MAIN_MAPS`: the risk
+        contribution, else attention, else the top pathway, else the first memory component) as
+        one multiscale layer; it becomes the shown map, the coarse one is hidden."""
         from napari_histokd._layers import fine_map_layer
 
         keys = list(fine.maps)
-        key = "attention" if "attention" in keys else next(iter(keys))
+        key = next((k for k in MAIN_MAPS if k in keys), keys[0])
         data, kwargs, _ = fine_map_layer(fine, key, world_mpp, prefix=self.analysis.slide_id, units=units,
                                          scale_mode=scale_mode, cohort=cohort)
         kwargs["metadata"].update(histokd_analysis=True, coarse=key.split(":", 1)[0])
@@ -535,6 +537,8 @@ class AnalyseWidget(QWidget):
             return f"{key[9:]} clusters"
         if key == "memory":
             return "memory components"
+        if key == "contribution":
+            return "risk contribution per patch"
         return key
 
     def _fill_pathways(self):
@@ -619,6 +623,8 @@ class AnalyseWidget(QWidget):
             key = self.layers["fine"].metadata["coarse"]
         if key == "attention" and expl.attention is not None:
             return "attention", to_display(expl.attention, "attention", n)
+        if key == "contribution" and expl.contribution is not None:
+            return "contribution", np.asarray(expl.contribution, dtype=np.float64)
         if key == "pathway":
             name = self.layers["pathway"].metadata["pathway"]
             return name, to_display(expl.pathway_maps[name], "attention", n)
@@ -672,7 +678,7 @@ class AnalyseWidget(QWidget):
 
     def show_pathway(self, name: str):
         """Swap the pathway layer's data to ``name``'s precomputed grid and show it."""
-        from napari_histokd._layers import layer_scale, scale_metadata
+        from napari_histokd._layers import layer_scale, map_opacity, scale_metadata
 
         layer = self.layers["pathway"]
         grid = layer.metadata["pathway_grids"][name]
@@ -682,6 +688,7 @@ class AnalyseWidget(QWidget):
                             layer.metadata.get("cohort_scales"))
         layer.data = grid
         layer.contrast_limits = scale.contrast_limits
+        layer.opacity = map_opacity(scale)
         layer.metadata["scale"] = scale_metadata(scale)
         layer.metadata["pathway"] = name
         layer.name = f"{self.analysis.slide_id} pathway: {name}"

@@ -39,7 +39,7 @@ from napari_histokd._widgets._common import notify_error
 if TYPE_CHECKING:
     import napari
 
-HEATMAP_KINDS = ("attention", "pathway", "memory")
+HEATMAP_KINDS = ("contribution", "attention", "pathway", "memory")
 
 
 class ExportWidget(QWidget):
@@ -203,6 +203,8 @@ class ExportWidget(QWidget):
         elif kind == "memory":
             k = self._component(layer)
             scores = {layer.metadata["memory_names"][k]: expl.memory[k]}
+        elif kind == "contribution":
+            scores = {"contribution": expl.contribution}
         else:
             scores = {"attention": expl.attention}
         rank_by = next(iter(scores))

@@ -9,7 +9,10 @@ did not train on the case); its ablation trains on the Cox loss only. Both add t
 penalty ``Config.linear_l2 * ||w||^2`` (standardised features, so one scale for every weight). Why it exists: on the
 redesigned synthetic cohort the paper's student does not gain from its teacher while a linear
 student does (docs/benchmarks.md, "Distillation"). Mean pooling weighs every patch alike, so
-:meth:`predict` reports a uniform attention ``1/n``. ``predict`` never reads ``bag.omics``.
+:meth:`predict` reports a uniform attention ``1/n``; where the outcome is decided shows in its
+per-patch risk contribution ``c_n = w . (x_n - mu) / sd / n`` ``(n,)`` (log-hazard, the risk's
+unit; ``sum_n c_n = risk - b``), which :meth:`predict` reports as ``Prediction.contribution``.
+``predict`` never reads ``bag.omics``.
 """
 
 from __future__ import annotations
@@ -90,7 +93,14 @@ class LinearStudent(BagModel):
             "risk_kd": l_risk.detach(),
         }
 
+    def contributions(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` each patch's share of the risk of ``feats (n, F)``: ``w . (x_n - mu) / sd / n``
+        (log-hazard; sums to the risk minus the bias ``b``)."""
+        x = (feats.to(self.mu.device, torch.float32) - self.mu) / self.sd
+        return (x @ self.linear.weight[0]) / x.shape[0]
+
     def predict(self, bag: Bag) -> Prediction:
         n = bag.feats.shape[0]
         uniform = torch.full((n,), 1.0 / n, device=self.mu.device)
-        return Prediction(risk=self.forward_bag(bag.feats), attention=uniform)
+        return Prediction(risk=self.forward_bag(bag.feats), attention=uniform,
+                          contribution=self.contributions(bag.feats))
