@@ -12,14 +12,25 @@ that fold's student (``histokd_core.explain.truth``):
    factor against that factor's region (factor 0 -> tumour, factor 1 -> immune);
 3. **ranking**: share of (driver, noise) pathway pairs with the driver ranked above the noise
    pathway by ``|score|`` (1 = every planted pathway above every noise pathway);
-4. **clusters** (``--subspace``): adjusted Rand index of the tumour and TME cluster maps against
+4. **linear student's risk contribution** (the ``linear_student`` stage of the AMKD run and its
+   Cox-only ablation ``linear_student_no_kd``; ``histokd_core.explain.truth.contribution_aurocs``):
+   pixel AUROC of each patch's contribution against the risk-raising tumour region, of minus it
+   against the protective immune region, and of ``|c - median|`` against every planted region;
+5. **clusters** (``--subspace``): adjusted Rand index of the tumour and TME cluster maps against
    the planted region type under each patch.
 
 ``--fine`` also extracts overlapping features (stride = patch / 2) of each test slide and scores
-the fine attention map the same way. Prints mean +- standard error over slides (and per seed).
+the fine attention map the same way. ``--feature`` replaces the image cohort by the feature-level
+planted cohort of ``tests/test_truth.py`` (48 cases, 48 patches of 16 features, planted patch
+clusters; 2 folds, 8 epochs, lr 1e-3 unless given) and scores the student's attention and the
+linear students' contributions against the planted patches (factor 0 risk-raising, factor 1
+protective; ``--local-factors 0``: every factor sets the share of its planted patches, as the
+image cohort's factors set their regions' areas). Prints mean +- standard error over slides (and
+per seed).
 
 Usage: ``nice python bench/bench_truth.py --out /tmp/truth [--cases 40] [--slide-size 2048]
-[--folds 3] [--epochs 15] [--seeds 0 1] [--subspace] [--fine]``. Every step is resumable.
+[--folds 3] [--epochs 15] [--seeds 0 1] [--subspace] [--fine] [--feature]``. Every step is
+resumable.
 """
 
 from __future__ import annotations
@@ -33,7 +44,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from histokd_core.explain.truth import FACTOR_KINDS, pixel_auroc, ranking_auroc, region_ari
+from histokd_core.explain.truth import (
+    FACTOR_KINDS,
+    contribution_aurocs,
+    pixel_auroc,
+    ranking_auroc,
+    region_ari,
+)
 from histokd_core.omics.gene_sets import read_gene_sets
 from histokd_core.omics.subspaces import DEFAULT_TME_SETS, DEFAULT_TUMOR_SETS
 from histokd_core.synthetic.slides import PlantedRegion
@@ -72,14 +89,15 @@ def build(seed_dir: Path, args, seed: int) -> Path:
     return data
 
 
-def train(seed_dir: Path, data: Path, method: str, args, seed: int) -> Path:
+def train(seed_dir: Path, data: Path, method: str, args, seed: int,
+          features: Path | None = None) -> Path:
     from histokd_core.workflows import train_cohort
 
     run = seed_dir / f"run_{method}"
     if (run / "metrics.json").is_file():
         return run
     t = time.perf_counter()
-    train_cohort(method, data / "cohort.csv", seed_dir / "features", run,
+    train_cohort(method, data / "cohort.csv", features or seed_dir / "features", run,
                  omics=data / "omics.csv", gene_sets=data / "gene_sets.gmt",
                  n_folds=args.folds, seed=seed, epochs=args.epochs, lr=args.lr, device="cpu",
                  threads=1, resume=run.exists())
@@ -90,6 +108,10 @@ def train(seed_dir: Path, data: Path, method: str, args, seed: int) -> Path:
 def test_slides(run: Path, data: Path, stage: str):
     """(fold, slide_id) of every test case of every fold."""
     cohort = pd.read_csv(data / "cohort.csv", dtype={"case_id": str, "slide_id": str})
+    yield from _held_out(run, cohort, stage)
+
+
+def _held_out(run: Path, cohort: pd.DataFrame, stage: str):
     for fold_dir in sorted(run.glob("fold_*")):
         pred = pd.read_csv(fold_dir / "predictions.csv", dtype={"case_id": str})
         cases = set(pred.loc[pred["model"] == stage, "case_id"])
@@ -145,6 +167,64 @@ def score_amkd(seed_dir: Path, data: Path, run: Path, args) -> dict[str, list[fl
     return out
 
 
+LINEAR_STAGES = ("linear_student", "linear_student_no_kd")
+
+
+def score_contributions(features: Path, data: Path, run: Path,
+                        truth) -> dict[str, list[float]]:
+    """Contribution AUROCs of both linear students on every held-out slide; ``truth(slide_id,
+    expl)`` gives ``(regions, slide_dimensions)``."""
+    from histokd_core.workflows.inference import explain_bag, load_slide_model, read_slide_bag
+
+    out: dict[str, list[float]] = {}
+    for stage in LINEAR_STAGES:
+        for fold_dir, slide_id in test_slides(run, data, stage):
+            model, meta = load_slide_model(fold_dir / f"{stage}.safetensors", torch.device("cpu"))
+            bag, _ = read_slide_bag(features, slide_id, meta)
+            expl = explain_bag(model, bag, torch.device("cpu"))
+            reg, dims = truth(slide_id, expl)
+            for key, v in contribution_aurocs(expl.coords, expl.contribution, expl.patch_size,
+                                              dims, reg).items():
+                out.setdefault(f"{stage} contribution {key}", []).append(v)
+    return out
+
+
+def feature_seed(seed_dir: Path, args, seed: int) -> dict[str, list[float]]:
+    """The planted feature cohort of ``tests/test_truth.py``: student attention and the linear
+    students' contributions against the planted patches."""
+    from histokd_core.synthetic.cohort import make_feature_cohort
+    from histokd_core.workflows.inference import explain_bag, load_slide_model, read_slide_bag
+
+    data = seed_dir / "cohort"
+    if not (data / "cohort.csv").is_file():
+        make_feature_cohort(data, n_cases=args.cases, n_patches=48, feat_dim=16, seed=seed,
+                            with_10x=False, histology_signal=2.5, histology_noise=0.5,
+                            multi_slide_fraction=0.0, local_factors=args.local_factors,
+                            overwrite=data.exists())
+    planted_table = pd.read_csv(data / "planted.csv", dtype={"slide_id": str})
+    run = train(seed_dir, data, "amkd", args, seed, features=data / "features")
+
+    def truth(slide_id: str, expl):
+        coords = expl.coords
+        rows = planted_table[planted_table["slide_id"] == slide_id]
+        factor = dict(zip(zip(rows["x"], rows["y"]), rows["factor"]))
+        reg = [PlantedRegion(FACTOR_KINDS[f], int(y), int(x), int(y) + expl.patch_size,
+                             int(x) + expl.patch_size)
+               for (x, y) in coords if (f := int(factor.get((int(x), int(y)), -1))) >= 0]
+        return reg, tuple(int(v) for v in coords.max(0) + expl.patch_size)
+
+    out = score_contributions(data / "features", data, run, truth)
+    out["student attention (any planted)"] = []
+    for fold_dir, slide_id in test_slides(run, data, "student"):
+        model, meta = load_slide_model(fold_dir / "student.safetensors", torch.device("cpu"))
+        bag, _ = read_slide_bag(data / "features", slide_id, meta)
+        expl = explain_bag(model, bag, torch.device("cpu"))
+        reg, dims = truth(slide_id, expl)
+        out["student attention (any planted)"].append(
+            pixel_auroc(expl.coords, expl.attention, expl.patch_size, dims, reg))
+    return out
+
+
 def score_subspace(seed_dir: Path, data: Path, run: Path) -> dict[str, list[float]]:
     from histokd_core.workflows.inference import explain_bag, load_slide_model, read_slide_bag
 
@@ -173,23 +253,42 @@ def main() -> None:
     ap.add_argument("--encoder", default="hed-texture")
     ap.add_argument("--subspace", action="store_true", help="also train subspace (cluster ARI)")
     ap.add_argument("--fine", action="store_true", help="also score fine attention maps")
+    ap.add_argument("--feature", action="store_true",
+                    help="the planted feature cohort of tests/test_truth.py instead of images")
+    ap.add_argument("--local-factors", type=int, default=1,
+                    help="--feature: factors shown only as a shift of their patches (1, the "
+                    "default cohort); 0 = every factor sets its planted share, as the image "
+                    "cohort's region areas do")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     pooled: dict[str, list[float]] = {}
     for seed in args.seeds:
         seed_dir = args.out / f"seed{seed}"
+        if args.feature:
+            scores = feature_seed(seed_dir, args, seed)
+            for key, vals in scores.items():
+                print(f"seed {seed} {key:<45} {mean_se(vals)}", flush=True)
+                pooled.setdefault(key, []).extend(vals)
+            continue
         data = build(seed_dir, args, seed)
-        scores = score_amkd(seed_dir, data, train(seed_dir, data, "amkd", args, seed), args)
+        run = train(seed_dir, data, "amkd", args, seed)
+        scores = score_amkd(seed_dir, data, run, args)
+        regions = regions_of(data)
+        dims = (args.slide_size, args.slide_size)
+        scores |= score_contributions(seed_dir / "features", data, run,
+                                      lambda slide_id, expl: (regions.get(slide_id, []), dims))
         if args.subspace:
             scores |= score_subspace(seed_dir, data, train(seed_dir, data, "subspace", args, seed))
         for key, vals in scores.items():
-            print(f"seed {seed} {key:<30} {mean_se(vals)}", flush=True)
+            print(f"seed {seed} {key:<45} {mean_se(vals)}", flush=True)
             pooled.setdefault(key, []).extend(vals)
-    print(f"\nall seeds ({args.cases} cases, {args.slide_size} px slides, {args.folds} folds, "
-          f"{args.epochs} epochs, encoder {args.encoder}); test slides of every fold:")
+    what = ("feature cohort" if args.feature
+            else f"{args.slide_size} px slides, encoder {args.encoder}")
+    print(f"\nall seeds ({args.cases} cases, {what}, {args.folds} folds, {args.epochs} epochs); "
+          "test slides of every fold:")
     for key, vals in pooled.items():
-        print(f"  {key:<30} {mean_se(vals)}")
+        print(f"  {key:<45} {mean_se(vals)}")
 
 
 if __name__ == "__main__":

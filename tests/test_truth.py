@@ -9,6 +9,7 @@ import pytest
 from histokd_core.errors import DataError
 from histokd_core.explain.truth import (
     auroc,
+    contribution_aurocs,
     patch_region_kind,
     pixel_auroc,
     ranking_auroc,
@@ -56,6 +57,19 @@ def test_pixel_auroc_of_a_perfect_and_an_inverted_map():
     fine = np.stack([xs.ravel(), ys.ravel()], 1)
     centre_in = ((fine + 2) < 8).all(1)
     assert pixel_auroc(fine, centre_in.astype(float), **kw) > 0.9
+
+
+def test_contribution_aurocs_by_hand():
+    # a row of 4 px patches: tumour (raises the risk) at x 0-8, immune (lowers it) at x 16-24
+    coords = np.array([[x, 0] for x in range(0, 32, 4)])
+    regions = [PlantedRegion("tumor", y0=0, x0=0, y1=4, x1=8),
+               PlantedRegion("immune", y0=0, x0=16, y1=4, x1=24)]
+    kw = {"patch_size": 4, "slide_dimensions": (32, 4), "regions": regions}
+    c = np.array([0.3, 0.2, 0.0, 0.01, -0.2, -0.3, 0.02, -0.01])
+    assert contribution_aurocs(coords, c, **kw) == {"raising": 1.0, "protective": 1.0, "any": 1.0}
+    # a map with the signs the wrong way round: 0 on both, the distance from the median still 1
+    flipped = contribution_aurocs(coords, -c, **kw)
+    assert (flipped["raising"], flipped["protective"], flipped["any"]) == (0.0, 0.0, 1.0)
 
 
 def test_ranking_auroc_by_hand():

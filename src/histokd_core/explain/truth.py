@@ -8,6 +8,9 @@ level-0 px and its factor drives the outcome (factor 0 = ``tumor`` raises the ri
   the pixels the map covers (tissue patches). The map is the per-pixel average of the patches
   covering each pixel (:func:`histokd_core.explain.fine.fine_map`); a pixel is positive when its
   centre lies in a planted region. 0.5 is chance, 1.0 a perfect separation.
+* :func:`contribution_aurocs`: the same for a signed per-patch risk contribution (e.g. the linear
+  AMKD student's): the contribution against the risk-raising region, minus it against the
+  protective one, and its distance from the slide's median against every planted region.
 * :func:`ranking_auroc`: how often a planted driver pathway is ranked above a noise pathway
   (by ``|score|``; 1.0 = every driver above every noise pathway).
 * :func:`region_ari`: the adjusted Rand index between a cluster map's patch labels and the planted
@@ -71,6 +74,26 @@ def pixel_auroc(coords: np.ndarray, values: np.ndarray, patch_size: int,
     mask = region_mask(list(regions), img.shape, fm.downsamples[0], kinds)
     on = np.isfinite(img)
     return auroc(img[on], mask[on])
+
+
+def contribution_aurocs(coords: np.ndarray, contribution: np.ndarray, patch_size: int,
+                        slide_dimensions: tuple[int, int], regions: Iterable,
+                        raising: str = FACTOR_KINDS[0],
+                        protective: str = FACTOR_KINDS[1]) -> dict[str, float]:
+    """Pixel AUROCs (:func:`pixel_auroc`) of a signed per-patch risk contribution ``(n,)``:
+
+    * ``"raising"``: the contribution against the regions of kind ``raising`` (factor 0, tumour);
+    * ``"protective"``: minus the contribution against the regions of kind ``protective``
+      (factor 1, immune);
+    * ``"any"``: ``|c - median(c)|`` against every planted region (a patch stands out from the
+      slide's typical patch, in either direction).
+    """
+    c = np.asarray(contribution, dtype=np.float64)
+    regions = list(regions)
+    kw = {"patch_size": patch_size, "slide_dimensions": slide_dimensions, "regions": regions}
+    return {"raising": pixel_auroc(coords, c, kinds=[raising], **kw),
+            "protective": pixel_auroc(coords, -c, kinds=[protective], **kw),
+            "any": pixel_auroc(coords, np.abs(c - np.median(c)), **kw)}
 
 
 def ranking_auroc(scores: Mapping[str, float], drivers: Iterable[str],
