@@ -16,16 +16,18 @@ cohort). For each feature set:
   seed; mean +- standard error over seeds x folds. Differences to ``none`` are paired (same
   folds and seeds).
 
-The report adds the site-mean distance with every set z-scored on the ``none`` set's scale (the
-first distance is in each set's own within-site spread, which normalisation also shrinks).
+The report adds the site-mean distance on the ``none`` set's scale (the first distance is in each
+set's own within-site spread, which normalisation also shrinks), bootstrap standard errors of
+the distance differences to ``none``, the paired difference of the student's C-index on site B,
+and the patches per slide each site's tissue mask keeps.
 
-Run (resumable; numbers go to docs/benchmarks.md). The size measured on the shared 2-core
-machine (one set per process, one process at a time, about 45 minutes):
-    for s in none macenko reinhard oracle; do nice -n 10 python bench/bench_stain.py \
-        --out /tmp/stain-bench32 --cases 32 --seeds 3 --folds 3 --encoder hed-texture --sets $s; done
-    python bench/bench_stain.py --out /tmp/stain-bench32 --seeds 3 --folds 3 --encoder hed-texture --report
-The size the design asks for, on a quiet machine: ``--cases 80`` with the defaults (5 folds,
-EfficientNet-Lite0), two processes with disjoint ``--sets``, then ``--report``.
+Run (resumable; numbers go to docs/benchmarks.md). The design size, measured on the shared
+2-core machine in about an hour (one set per process, one process at a time):
+    for s in none oracle reinhard macenko; do OMP_NUM_THREADS=1 nice -n 10 python bench/bench_stain.py \
+        --out /tmp/stain-bench80 --cases 80 --seeds 3 --folds 5 --sets $s; done
+    python bench/bench_stain.py --out /tmp/stain-bench80 --seeds 3 --folds 5 --report
+A shrunk run (``--cases 32 --folds 3 --encoder hed-texture``) is in docs/benchmarks.md too.
+``bench/bench_stain_tiles.py`` diagnoses the normalisation patch by patch.
 """
 
 from __future__ import annotations
@@ -148,11 +150,8 @@ def site_separability(x: np.ndarray, site: np.ndarray, repeats: int = 5) -> dict
             model.fit(x[train], y[train])
             prob[test] = model.predict_proba(x[test])[:, 1]
         aucs.append(roc_auc_score(y, prob))
-    z = (x - x.mean(0)) / (x.std(0) + 1e-8)
-    mu_a, mu_b = z[y == 0].mean(0), z[y == 1].mean(0)
-    within = np.sqrt(((z[y == 0] - mu_a) ** 2).sum(1).mean() / 2 + ((z[y == 1] - mu_b) ** 2).sum(1).mean() / 2)
     return {"site_auc": float(np.mean(aucs)), "site_auc_se": float(np.std(aucs, ddof=1) / np.sqrt(repeats)),
-            "mean_distance": float(np.linalg.norm(mu_a - mu_b) / within)}
+            "mean_distance": own_spread_distance(x, y == 1)}
 
 
 def student_gaps(out: Path, data: Path, feats: Path, sites, seeds, epochs: int, name: str,
@@ -197,10 +196,25 @@ def mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def fixed_scale_distances(out: Path, encoder: str, names) -> dict[str, float]:
-    """Distance between the site means of the slide-mean features, every set z-scored with the
-    ``none`` set's per-feature mean and standard deviation (one scale for all rows, unlike
-    :func:`site_separability`'s distance, whose unit is each set's own within-site spread)."""
+def own_spread_distance(x: np.ndarray, b: np.ndarray) -> float:
+    """Site-mean distance of slide-mean features ``x`` ``(n, d)`` (sites: ``b`` True = B) in units
+    of the within-site spread, after z-scoring every feature on the whole set."""
+    z = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    mu_a, mu_b = z[~b].mean(0), z[b].mean(0)
+    within = np.sqrt(((z[~b] - mu_a) ** 2).sum(1).mean() / 2 + ((z[b] - mu_b) ** 2).sum(1).mean() / 2)
+    return float(np.linalg.norm(mu_a - mu_b) / within)
+
+
+def fixed_scale_distances(out: Path, encoder: str, names, n_boot: int = 200) -> dict[str, dict]:
+    """Site-mean distances with standard errors of the paired differences to ``none``.
+
+    ``none_scale``: distance between the two site means of the slide-mean features, every set
+    centred on the ``none`` set's mean and divided by one number, the root-mean-square per-feature
+    standard deviation of the ``none`` set (one unit for all rows; per-feature z-scores are not
+    used because EfficientNet-Lite0 has near-constant features whose tiny ``none`` spread blows
+    a normalised set's distance up). ``own``: :func:`own_spread_distance`. ``*_minus_none_se``:
+    bootstrap over slides (resampled within each site, the same resample for every set).
+    """
     import pandas as pd
 
     cohort = pd.read_csv(out / "data" / "cohort.csv")
@@ -211,12 +225,27 @@ def fixed_scale_distances(out: Path, encoder: str, names) -> dict[str, float]:
     b = np.array([site_of[case_of[s]] == "B" for s in slide_ids])
     root = out / "features" / encoder
     base = slide_means(root / "none", slide_ids)
-    mu, sd = base.mean(0), base.std(0) + 1e-8
+    mu, scale = base.mean(0), float(np.sqrt(base.var(0).mean()))
+    sets = {n: slide_means(root / n, slide_ids) for n in names if (root / n).is_dir()}
+
+    def none_scale(x, bb):
+        z = (x - mu) / scale
+        return float(np.linalg.norm(z[bb].mean(0) - z[~bb].mean(0)))
+
+    rng = np.random.default_rng(0)
+    idx_a, idx_b = np.flatnonzero(~b), np.flatnonzero(b)
+    boots = [np.concatenate([rng.choice(idx_a, len(idx_a)), rng.choice(idx_b, len(idx_b))])
+             for _ in range(n_boot)]
     out_d = {}
-    for name in names:
-        if (root / name).is_dir():
-            z = (slide_means(root / name, slide_ids) - mu) / sd
-            out_d[name] = float(np.linalg.norm(z[b].mean(0) - z[~b].mean(0)))
+    for name, x in sets.items():
+        r = {"none_scale": none_scale(x, b), "own": own_spread_distance(x, b)}
+        if name != "none" and "none" in sets:
+            for key, f in (("none_scale", none_scale), ("own", own_spread_distance)):
+                diffs = [f(x[i], b[i]) - f(sets["none"][i], b[i]) for i in boots]
+                r[key + "_minus_none"] = r[key] - (none_scale(sets["none"], b) if key == "none_scale"
+                                                   else own_spread_distance(sets["none"], b))
+                r[key + "_minus_none_se"] = float(np.std(diffs, ddof=1))
+        out_d[name] = r
     return out_d
 
 
@@ -249,14 +278,16 @@ def report(out: Path, seeds: int, encoder: str, n_folds: int = 5) -> None:
         rows += part["rows"]
         extract_s.update(part["extract_s"])
         args = part["args"]
-    by = {(r["features"], r["seed"], r["fold"]): r["gap"] for r in rows}
-    for name in results:
-        diffs = [by[(name, s, f)] - by[("none", s, f)] for s in range(seeds) for f in range(n_folds)
-                 if (name, s, f) in by and ("none", s, f) in by]
-        if len(diffs) > 1:
-            results[name]["gap_minus_none"], results[name]["gap_minus_none_se"] = mean_se(diffs)
+    for key in ("gap", "c_b"):
+        by = {(r["features"], r["seed"], r["fold"]): r[key] for r in rows}
+        for name in results:
+            diffs = [by[(name, s, f)] - by[("none", s, f)] for s in range(seeds) for f in range(n_folds)
+                     if (name, s, f) in by and ("none", s, f) in by]
+            if len(diffs) > 1:
+                results[name][f"{key}_minus_none"], results[name][f"{key}_minus_none_se"] = mean_se(diffs)
     for name, d in fixed_scale_distances(out, encoder, list(results)).items():
-        results[name]["distance_none_scale"] = d
+        results[name]["distance_none_scale"] = d["none_scale"]
+        results[name]["distances"] = d
     (out / f"results_{encoder}.json").write_text(json.dumps({"results": results, "rows": rows,
                                                   "extract_s": extract_s}, indent=1))
     print(f"\n{encoder} features; {args.get('cases')} cases, site B re-stained with StainShift.tilted({args.get('shift')}); "
@@ -275,6 +306,16 @@ def report(out: Path, seeds: int, encoder: str, n_folds: int = 5) -> None:
               f"{r.get('distance_none_scale', float('nan')):.2f} | "
               f"{r['c_a']:.3f} +- {r['c_a_se']:.3f} | {r['c_b']:.3f} +- {r['c_b_se']:.3f} | "
               f"{r['gap']:+.3f} +- {r['gap_se']:.3f} | {paired} |")
+    print("\n| features | site-mean distance (own spread) - none | (none's scale) - none | "
+          "student C on site B - none, paired |")
+    print("|---|---|---|---|")
+    for name in FEATURE_SETS:
+        d = results.get(name, {}).get("distances", {})
+        if "own_minus_none" in d:
+            r = results[name]
+            print(f"| {name} | {d['own_minus_none']:+.2f} +- {d['own_minus_none_se']:.2f} | "
+                  f"{d['none_scale_minus_none']:+.2f} +- {d['none_scale_minus_none_se']:.2f} | "
+                  f"{r['c_b_minus_none']:+.3f} +- {r['c_b_minus_none_se']:.3f} |")
     print("\npatches per slide (mean), site A / site B: " + "; ".join(
         f"{name} {c['A']:.1f} / {c['B']:.1f}" for name, c in patches_per_slide(out, encoder, FEATURE_SETS).items()))
     print(f"extraction seconds: {extract_s}")
