@@ -35,7 +35,7 @@ def test_display_level_slices_equal_the_dask_level(slide, parallel_inside):
     native = [i for i, lvl in enumerate(slide.display_levels) if isinstance(lvl, DisplayLevel)]
     assert native == list(range(slide.native_level_count))  # the synthetic file is RGB YXS
     view = DisplayLevel(slide._direct[0], parallel_inside=parallel_inside)
-    assert view.parallel_inside is (parallel_inside is None)  # a zarr array decodes in parallel
+    assert view.parallel_inside is (parallel_inside is None)  # the tiled reader decodes in parallel
     level = slide.levels[0]
     assert view.shape == level.shape and view.dtype == np.uint8 and view.ndim == 3
     for key in KEYS:

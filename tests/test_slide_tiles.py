@@ -72,6 +72,22 @@ def test_generated_pyramid_reads_as_tiffslide_reads_it(pyramid):
     assert levels > 1 and assert_equal_to_tiffslide(pyramid) == levels
 
 
+def test_any_numpy_index_and_the_dask_levels_read_through_the_tiled_reader(pyramid):
+    with tifffile.TiffFile(pyramid) as tf:
+        full = tf.series[0].levels[0].asarray()
+    with open_slide(pyramid) as slide:
+        level = slide._direct[0]
+        for key in [(slice(10, 900, 3), slice(5, 2000, 7)), (700, slice(100, 600)), (slice(None), 2299, 1),
+                    (Ellipsis, 0), (slice(-300, None), slice(-5, None)), (slice(300, 300),)]:
+            np.testing.assert_array_equal(level[key], full[key], err_msg=str(key))
+        with pytest.raises(IndexError):
+            level[::-1]
+        calls, read = [], level.read
+        level.read = lambda *box: calls.append(box) or read(*box)
+        np.testing.assert_array_equal(slide.levels[0][::5, ::5].compute(), full[::5, ::5])
+        assert calls  # the dask level's chunks were read by this TiledLevel
+
+
 def test_tiles_are_decoded_on_several_threads(pyramid, monkeypatch):
     monkeypatch.setattr(tiles, "DECODE_THREADS", 2)
     with open_slide(pyramid) as slide:

@@ -100,7 +100,8 @@ class Slide:
         self.vendor: str | None = source.vendor
         arrays = source.arrays
         self.native_level_count: int = len(arrays)
-        native = [pyramid.as_rgb_level(a) for a in arrays]
+        # dask levels read through the tiled reader where there is one (chunks decoded in parallel)
+        native = [pyramid.as_rgb_level(source.tiled.get(i, a)) for i, a in enumerate(arrays)]
         # RGB levels stored as (h, w, 3) are read directly (one call decodes all the tiles of a
         # region in parallel: the backend's tile reader where it has one, else the array itself);
         # other layouts and lazy overview levels go through dask

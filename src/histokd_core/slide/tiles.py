@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,6 +46,46 @@ def _forget_pool_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
+def _axis_range(key, size: int) -> tuple[int, int, int, bool]:
+    """``(start, stop, step, squeeze)`` of an int or slice index along an axis of length ``size``."""
+    if isinstance(key, (int, np.integer)):
+        i = int(key) + (size if key < 0 else 0)
+        if not 0 <= i < size:
+            raise IndexError(f"index {key} is out of bounds for an axis of size {size}")
+        return i, i + 1, 1, True
+    if isinstance(key, slice):
+        start, stop, step = key.indices(size)
+        if step < 1:
+            raise IndexError("slide levels support positive slice steps only")
+        return start, max(start, stop), step, False
+    raise IndexError(f"slide levels support int and slice indices, got {type(key).__name__}")
+
+
+def read_indexed(key, shape: tuple[int, int, int], read: Callable[[int, int, int, int], np.ndarray]) -> np.ndarray:
+    """``level[key]`` of an ``(h, w, 3)`` level whose pixels ``[y0:y1, x0:x1]`` are
+    ``read(y0, y1, x0, x1)``: int, slice (positive steps) and ``...`` indices, as numpy gives them.
+
+    The bounding box of the selection is read once, then strided and squeezed (views).
+    """
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+    key = key + (slice(None),) * (3 - len(key))
+    if len(key) != 3:
+        raise IndexError(f"too many indices for a (h, w, 3) level: {len(key)}")
+    y0, y1, ys, ysq = _axis_range(key[0], shape[0])
+    x0, x1, xs, xsq = _axis_range(key[1], shape[1])
+    block = read(y0, y1, x0, x1)[::ys, ::xs]
+    block = block[:, :, key[2]]
+    if xsq:
+        block = block[:, 0]
+    if ysq:
+        block = block[0]
+    return block
+
+
 class TileFile:
     """A read-only descriptor of a TIFF file, shared by its :class:`TiledLevel` readers.
 
@@ -52,6 +93,7 @@ class TileFile:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
         self._fd: int | None = os.open(path, os.O_RDONLY)
 
     def pread(self, count: int, offset: int) -> bytes:
@@ -93,8 +135,8 @@ def tiled_rgb_page(level: Any) -> Any | None:
 class TiledLevel:
     """One tiled TIFF level as an ``(h, w, 3)`` uint8 array-like read tile by tile in parallel.
 
-    Slicing with unit-step slices (``level[y0:y1, x0:x1]``) returns a new ``(h, w, 3)`` array;
-    ``chunks`` is the tile shape. Missing tiles (offset or byte count 0) read as 0, as in zarr.
+    Indexing (``level[y0:y1, x0:x1]``; ints and strided slices too, see :func:`read_indexed`)
+    returns a new array; ``chunks`` is the tile shape. Missing tiles (offset or byte count 0) read as 0, as in zarr.
 
     Parameters
     ----------
@@ -127,17 +169,7 @@ class TiledLevel:
             self._decodeargs["jpegheader"] = keyframe.jpegheader
 
     def __getitem__(self, key) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        key = key + (slice(None),) * (3 - len(key))
-        ys, xs, cs = key
-        if not (isinstance(ys, slice) and isinstance(xs, slice)):
-            raise TypeError("TiledLevel supports slices only")
-        y0, y1, ystep = ys.indices(self.shape[0])
-        x0, x1, xstep = xs.indices(self.shape[1])
-        if ystep != 1 or xstep != 1:
-            raise TypeError("TiledLevel supports unit-step slices only")
-        return self.read(y0, max(y0, y1), x0, max(x0, x1))[:, :, cs]
+        return read_indexed(key, self.shape, self.read)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``[y0:y1, x0:x1]`` (level px, within the level) as a new ``(h, w, 3)`` array."""
@@ -186,6 +218,10 @@ class TiledLevel:
         tile = self._decode(data, index, **self._decodeargs)[0]
         tile = tile.reshape(th, tw, 3)
         dst[...] = tile[ya - ty * th : yb - ty * th, xa - tx * tw : xb - tx * tw]
+
+    def __dask_tokenize__(self) -> tuple:
+        """What names the level in dask graphs: the file and the level's first tile offset."""
+        return ("TiledLevel", self._file.path, self.shape, self._offsets[0] if self._offsets else 0)
 
     def __repr__(self) -> str:
         return f"TiledLevel(shape={self.shape}, tile={self.tile_hw})"
