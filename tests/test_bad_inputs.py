@@ -514,3 +514,36 @@ def test_pixel_checks_against_neighbours():
     assert "could not be decoded" in bad[10]
     lone = implausible_tiles(coords[:1], stats[:1], 128)  # no neighbours: not judged by pixels
     assert lone == {}
+    # as rough against smooth neighbours, but coarse texture (its spread far above its
+    # pixel-to-pixel differences: a dense lymphoid aggregate) is tissue, not noise
+    stats[9, 1] = 90.0
+    assert 9 not in implausible_tiles(coords, stats, 128)
+
+
+def test_a_dense_cell_aggregate_is_not_noise_but_pixel_noise_is():
+    """Pixels, not statistics: a tile of dark round nuclei packed on pink stroma (3x rougher than
+    the stroma around it) passes; the same tile with independent noise is flagged."""
+    from histokd_core.features.tile_sanity import implausible_tiles, tile_stats
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128]
+
+    def stroma():
+        t = np.empty((128, 128, 3), np.float64)
+        t[:] = (223, 158, 193)
+        return t + rng.normal(0, 2, t.shape)
+
+    dense = stroma()
+    for cy in range(3, 128, 6):
+        for cx in range(3, 128, 6):
+            jy, jx = rng.integers(-1, 2, 2)
+            dense[(yy - cy - jy) ** 2 + (xx - cx - jx) ** 2 < 6] = (60, 20, 90)
+    noise = rng.integers(0, 256, (128, 128, 3))
+    tiles = [stroma() for _ in range(9)]
+    coords = np.array([(x, y) for y in range(0, 384, 128) for x in range(0, 384, 128)])
+    for centre, expected in ((dense, set()), (noise, {4})):
+        tiles[4] = centre
+        stats = np.stack([tile_stats(np.clip(t, 0, 255).astype(np.uint8)) for t in tiles])
+        # both far rougher than the stroma around them (roughness alone flagged both)
+        assert stats[4, 3] > max(25.0, 2.5 * np.median(np.delete(stats[:, 3], 4)))
+        assert set(implausible_tiles(coords, stats, 128)) == expected

@@ -78,10 +78,8 @@ def image_cohort(tmp: Path):
                                    workers=1, multi_slide_fraction=0.0, planted_fraction=0.4)
     encoder = get_encoder("hed-texture", device="cpu")
     for path in cohort.slides.values():
-        # bad_tiles="skip": the plausibility check flags some planted-region textures at 10x as
-        # noise (a false alarm on synthetic slides; real slides keep the default, "fail")
         extract_slide(path, tmp / "features", encoder, magnifications=("20x", "10x"),
-                      num_workers=0, min_tissue=0.1, bad_tiles="skip")
+                      num_workers=0, min_tissue=0.1)
     return cohort
 
 
