@@ -255,6 +255,12 @@ def test_pathway_selector_swaps_map_and_legends(slide_dock, trained):
     tumor.visible = False
     tumor.visible = True  # napari resets editable when a layer is shown: it stays read-only
     assert not tumor.editable
+    controls = viewer.window._qt_viewer.controls.widgets[tumor]  # no paint tools on show
+    assert controls.paint_button.isHidden() and controls.fill_button.isHidden()
+    assert all(w.isHidden() for row in controls._brush_size_slider_control.get_widget_controls()
+               for w in row)
+    assert not any(w.isHidden() for row in controls._opacity_blending_controls.get_widget_controls()
+                   for w in row)  # opacity and blending stay
     for lyr in (layer, tumor, w.layers["attention"]):
         np.testing.assert_allclose(outer_bounds(lyr), outer_bounds(slide_layer), atol=1e-6)
     # memory selector: names, not numbers; shows the component and its top patches only

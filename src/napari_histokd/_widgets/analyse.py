@@ -95,8 +95,8 @@ def add_analysis_layers(
     ``world_mpp`` is the slide layer's world units per level-0 pixel (its scale); ``slide_mpp``
     the slide's microns per pixel, None when unknown (kept in each layer's metadata for exports,
     which then give no physical areas). ``cohort``: the run's colour scales by map name, for
-    ``scale_mode="cohort"``. Only the main map is visible; cluster layers are read-only (no paint
-    tools)."""
+    ``scale_mode="cohort"``. Only the main map is visible; cluster layers are read-only, their
+    paint tools hidden (:func:`hide_paint_controls`)."""
     remove_analysis_layers(viewer)
     added: dict[str, Any] = {}
     prefix = analysis.slide_id
@@ -108,6 +108,7 @@ def add_analysis_layers(
         key = kwargs["metadata"]["histokd_kind"]
         if key == "clusters":
             read_only(layer)
+            hide_paint_controls(viewer, layer)
             key = f"clusters:{kwargs['metadata']['clusters']}"
         added[key] = layer
     return added
@@ -162,6 +163,33 @@ def read_only(layer) -> None:
     layer.events.editable.connect(keep)
     layer.events.visible.connect(keep)
     keep()
+
+
+#: napari's Labels controls that edit labels (attribute names of its QtLabelsControls, 0.5-0.9).
+PAINT_BUTTONS = ("colormap_update", "erase_button", "paint_button", "polygon_button", "fill_button",
+                 "pick_button")
+PAINT_SETTINGS = ("_label_control", "_brush_size_slider_control", "_ndim_spinbox_control",
+                  "_contiguous_checkbox_control", "_preserve_labels_checkbox_control",
+                  "_display_selected_label_checkbox_control")
+
+
+def hide_paint_controls(viewer: napari.Viewer, layer) -> None:
+    """Hide the paint tools and their settings (label, brush size, contiguous, ...) of a read-only
+    Labels layer in napari's layer controls. napari has no public switch for it: this reaches its
+    Qt controls by their attribute names and leaves anything it does not find as it is."""
+    qt_viewer = getattr(viewer.window, "_qt_viewer", None)
+    controls = getattr(getattr(qt_viewer, "controls", None), "widgets", {}).get(layer)
+    if controls is None:
+        return
+    for name in PAINT_BUTTONS:
+        button = getattr(controls, name, None)
+        if button is not None:
+            button.setVisible(False)
+    for name in PAINT_SETTINGS:
+        setting = getattr(controls, name, None)
+        for row in setting.get_widget_controls() if setting is not None else ():
+            for widget in row:
+                widget.setVisible(False)
 
 
 def _swatch(rgb) -> str:
