@@ -20,6 +20,7 @@ import numpy as np
 from histokd_core.errors import MissingMppError, SlideError
 from histokd_core.slide import backends, pyramid
 from histokd_core.slide.backends import SlideSource, positive_float
+from histokd_core.slide.tiles import TiledLevel
 
 
 _MAGIC = {
@@ -211,11 +212,14 @@ class Slide:
         ds = self.level_downsamples[level]
         x0, y0 = int(int(location[0]) / ds), int(int(location[1]) / ds)
         lw, lh = self.level_dimensions[level]
+        source = self._direct.get(level)
+        inside = 0 <= x0 and 0 <= y0 and x0 + w <= lw and y0 + h <= lh and w > 0 and h > 0
+        if inside and isinstance(source, TiledLevel):  # decoded straight into a new array
+            return source.read(y0, y0 + h, x0, x0 + w)
         out = np.zeros((h, w, 3), dtype=np.uint8)
         cx0, cy0 = max(x0, 0), max(y0, 0)
         cx1, cy1 = min(x0 + w, lw), min(y0 + h, lh)
         if cx1 > cx0 and cy1 > cy0:
-            source = self._direct.get(level)
             if source is not None:
                 block = source[cy0:cy1, cx0:cx1]
             else:
