@@ -281,8 +281,32 @@ def cohort_screenshot(cohort, tmp: Path) -> None:
     viewer.close()
 
 
+def contribution_screenshot(cohort, tmp: Path) -> None:
+    """analyse_contribution.png: the distilled linear AMKD student (stage ``linear_student`` of the
+    same run) on a synthetic slide its fold held out: each patch's risk contribution, where the
+    planted tumour region raises the risk and the immune region lowers it."""
+    import pandas as pd
+
+    ckpt = train_student(cohort, tmp, "amkd", AMKD_CONFIG, "survival").with_name(
+        "linear_student.safetensors")
+    pred = pd.read_csv(ckpt.parent / "predictions.csv", dtype={"case_id": str})
+    table = pd.read_csv(cohort.cohort_csv, dtype={"case_id": str, "slide_id": str})
+    held = set(pred.loc[pred["model"] == "linear_student", "case_id"])
+    slide_id = table.loc[table["case_id"].isin(held), "slide_id"].iloc[0]
+    slide = Path(cohort.cohort_csv).parent / "slides" / f"{slide_id}.tif"
+    viewer, analyse = dock_viewer(slide, ckpt, tmp)
+    analyse.extract_now.setChecked(False)
+    analyse.features.setText(str(tmp / "features"))
+    run_dock(viewer, analyse)
+    analyse.show_map("contribution")
+    viewer.layers.selection.active = analyse.layers["contribution"]
+    shoot(viewer, "analyse_contribution.png")
+    viewer.close()
+
+
 METHOD_SHOTS = {"amkd": amkd_screenshots, "clusters": clusters_screenshot,
-                "memory": memory_screenshot, "fine": fine_screenshot, "cohort": cohort_screenshot}
+                "memory": memory_screenshot, "fine": fine_screenshot, "cohort": cohort_screenshot,
+                "contribution": contribution_screenshot}
 
 
 def main(argv: list[str] | None = None) -> None:
