@@ -146,3 +146,15 @@ def test_tables_are_in_gamut():
     seq, div = sequential_table(), diverging_table()
     np.testing.assert_allclose(srgb_to_lab(seq[[0, 128, -1], :3]), SEQ_PATH, atol=0.3)
     np.testing.assert_allclose(srgb_to_lab(div[[0, 127, -1], :3]), [DIV_NEG, DIV_MID, DIV_POS], atol=0.3)
+
+
+def test_flat_similarity_map_is_flagged_with_its_range():
+    # every patch about equally similar to the memory component (0.86-0.90): flagged and said
+    flat = map_scale(np.array([0.86, 0.88, 0.90]), "similarity")
+    assert flat.near_uniform
+    assert "within 0.86 to 0.90" in flat.note and "no patch stands out" in flat.note
+    # a spread of 0.1 or more is a map, whatever its level
+    assert not map_scale(np.array([0.2, 0.35]), "similarity").near_uniform
+    assert not is_near_uniform(np.array([0.2, 0.35]), kind="similarity")
+    assert is_near_uniform(np.array([-0.5, -0.45]), kind="similarity")
+    assert not is_near_uniform(np.array([]), kind="similarity")

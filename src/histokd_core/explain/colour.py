@@ -42,6 +42,9 @@ ScaleMode = Literal["slide", "fixed", "cohort"]
 
 #: a map whose largest value is below this many multiples of uniform is flagged near-uniform.
 NEAR_UNIFORM_RATIO = 1.5
+#: a similarity map whose patches all lie within this spread (cosine units) is flagged
+#: near-uniform: the component matches every patch alike.
+FLAT_SIMILARITY_SPREAD = 0.1
 #: fixed-scale upper end for attention, multiples of uniform.
 FIXED_ATTENTION_HIGH = 4.0
 #: the slide scale of attention never ends below this (a flat map stays pale, not stretched).
@@ -80,7 +83,8 @@ class MapScale:
     unit : short unit for the colour bar, e.g. ``"x uniform (1/n)"``.
     low, high : colour-bar range in ``unit`` (values outside saturate).
     mode : how the range was chosen: ``"slide"``, ``"fixed"`` or ``"cohort"``.
-    near_uniform : True when the map is almost flat (attention: max < 1.5 x uniform).
+    near_uniform : True when the map is almost flat (attention: max < 1.5 x uniform;
+        similarity: spread < 0.1).
     note : one line for the viewer (near-uniform warning, saturation), ``""`` when none.
     colormap : ``(TABLE_SIZE, 4)`` float RGBA in 0..1, low end first.
     colormap_name : a name for the table (``"histokd-sequential"`` / ``"histokd-diverging"``).
@@ -135,14 +139,29 @@ def _finite(v: np.ndarray) -> np.ndarray:
 
 def is_near_uniform(display_values: np.ndarray, kind: MapKind = "attention",
                     ratio: float = NEAR_UNIFORM_RATIO) -> bool:
-    """True when an attention map (in multiples of uniform) never reaches ``ratio`` x uniform.
+    """True when a map says the same about every patch.
 
-    Only attention has a uniform reference; other kinds are never flagged.
+    Attention (in multiples of uniform): its largest value stays below ``ratio`` x uniform.
+    Similarity (cosine): every patch lies within :data:`FLAT_SIMILARITY_SPREAD` of the others
+    (e.g. all 0.86-0.90: the component matches every patch alike, however strongly). Other kinds
+    have no reference and are never flagged.
     """
-    if kind != "attention":
-        return False
     v = _finite(display_values)
-    return bool(v.size) and float(v.max()) < ratio
+    if not v.size:
+        return False
+    if kind == "attention":
+        return float(v.max()) < ratio
+    if kind == "similarity":
+        return float(v.max() - v.min()) < FLAT_SIMILARITY_SPREAD
+    return False
+
+
+def _near_uniform_note(v: np.ndarray, kind: MapKind) -> str:
+    if kind == "similarity":
+        return (f"nearly uniform: every patch's similarity within {v.min():.2f} to {v.max():.2f} "
+                f"(spread < {FLAT_SIMILARITY_SPREAD}); no patch stands out")
+    return (f"nearly uniform: max {v.max():.2f} x uniform (< {NEAR_UNIFORM_RATIO}); "
+            "no patch stands out")
 
 
 def has_fixed_range(kind: MapKind) -> bool:
@@ -204,8 +223,7 @@ def map_scale(
     near = is_near_uniform(v, kind)
     notes = []
     if near:
-        notes.append(f"nearly uniform: max {v.max():.2f} x uniform (< {NEAR_UNIFORM_RATIO}); "
-                     "no patch stands out")
+        notes.append(_near_uniform_note(v, kind))
     if v.size and (v.max() > high or v.min() < low):
         out = int(np.sum((v > high) | (v < low)))
         notes.append(f"{out} of {v.size} patches beyond the scale (shown at its ends)")
