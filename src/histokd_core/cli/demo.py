@@ -132,9 +132,9 @@ def comparison_table(metrics: dict) -> str:
     lines.append("\npaired difference over folds (mean +- standard error, folds better):")
     pairs = (("student", "student_no_kd"), ("student", "abmil"),
              ("linear_student", "linear_student_no_kd"), ("linear_student", "abmil"))
+    pairs = [(m, r) for m, r in pairs if m in metrics["summary"] and r in metrics["summary"]]
+    label_width = max((len(f"{m} - {r}") for m, r in pairs), default=0) + 1
     for model, reference in pairs:
-        if model not in metrics["summary"] or reference not in metrics["summary"]:
-            continue
         d = paired_difference(metrics, model, reference)
         if d["n"] < 2:
             verdict = "too few folds to tell"
@@ -142,7 +142,8 @@ def comparison_table(metrics: dict) -> str:
             verdict = "no measurable difference (within 2 SE)"
         else:
             verdict = f"the distilled {model} is " + ("better" if d["mean"] > 0 else "worse")
-        lines.append(f"  {model} - {reference:<21}{d['mean']:+.3f} +- {d['se']:.3f}   "
+        label = f"{model} - {reference}"
+        lines.append(f"  {label:<{label_width}}{d['mean']:+.3f} +- {d['se']:.3f}   "
                      f"{d['better']}/{d['n']} folds better: {verdict}")
     return "\n".join(lines)
 
