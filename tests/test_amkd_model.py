@@ -248,7 +248,7 @@ def test_linear_student_loss_prepare_and_learning(one_thread):
         out["loss"], batch_cox(r_s, bags) + 0.5 * risk_regression_loss(r_s, r_t) + ridge)
     ablation = by_name["linear_student_no_kd"].build(info, {})
     ablation.prepare(train)
-    r_a = torch.stack([ablation.forward_bag(b.feats) for b in bags])
+    r_a = torch.stack([ablation.forward_feats(b.feats)[0] for b in bags])
     torch.testing.assert_close(ablation.loss(bags)["loss"], batch_cox(r_a, bags)
                                + 0.3 * ablation.linear.weight.pow(2).sum())
     assert set(ablation.loss(bags)) == {"loss", "cox"}
@@ -281,6 +281,40 @@ def test_linear_student_trains_with_its_own_settings():
     run = TrainConfig(lr=1e-3, epochs=40, patience=10, seed=4)
     own = by_name["linear_student_no_kd"].build(small_info(), {}).train_config(run)
     assert (own.lr, own.epochs, own.patience, own.seed) == (0.05, 7, 3, 4)
+    # the batch size a survival run gives every model when it sets none (the Cox loss needs
+    # several cases), or the run's own
+    assert own.cases_per_batch("survival") == run.cases_per_batch("survival") == 16
+    set_run = dataclasses.replace(run, batch_size=8)
+    assert by_name["linear_student"].build(small_info(), {}).train_config(set_run).batch_size == 8
     assert by_name["student"].build(small_info(), {}).train_config(run) is run
     with pytest.raises(ConfigError, match="linear_lr"):
         dataclasses.replace(SMALL, linear_lr=0.0)
+
+
+def test_linear_student_checkpoint_keys_and_an_earlier_checkpoint_loads(tmp_path):
+    """The checkpoint holds ``linear.weight``, ``linear.bias``, ``mu`` and ``sd`` (not the
+    teacher), the names the linear student has always saved, so a checkpoint written before it
+    became a MeanPoolLinear (tensors written by hand here) loads and predicts
+    ``w . (mean x - mu) / sd + b``."""
+    from histokd_core.train.checkpoint import load_model, model_state, save_checkpoint
+
+    info = small_info()
+    cfg = dataclasses.replace(SMALL, linear_students=True)
+    by_name = {s.name: s for s in stages(cfg)}
+    teacher = by_name["teacher"].build(info, {})
+    student = by_name["linear_student"].build(info, {"teacher": teacher})
+    assert set(model_state(student)) == {"linear.weight", "linear.bias", "mu", "sd"}
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(1, info.feat_dim, generator=g), torch.tensor([0.25])
+    mu, sd = torch.randn(info.feat_dim, generator=g), torch.rand(info.feat_dim, generator=g) + 0.5
+    path = save_checkpoint(tmp_path / "linear_student.safetensors",
+                           {"linear.weight": w, "linear.bias": b, "mu": mu, "sd": sd},
+                           {"kind": "model", "method": "amkd",
+                            "method_config": dataclasses.asdict(cfg), "stage": "linear_student",
+                            "data_info": dataclasses.asdict(info)})
+    loaded, _ = load_model(path)
+    bag = planted_bags(1, 5)[0]
+    pred = loaded.predict(bag)
+    expected = w[0] @ ((bag.feats.mean(0) - mu) / sd) + b[0]
+    torch.testing.assert_close(pred.risk, expected)
+    torch.testing.assert_close(pred.contribution.sum(), expected - b[0])

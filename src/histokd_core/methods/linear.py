@@ -9,7 +9,8 @@ their teachers while a distilled linear student does (docs/benchmarks.md, "Disti
 
 Each method adds its own loss (AMKD: :mod:`histokd_core.methods.amkd.linear_student`; subspace:
 :mod:`histokd_core.methods.subspace.linear_student`). Mean pooling weighs every patch alike, so
-the attention they report is uniform (``1/n``).
+the attention they report is uniform (``1/n``); where the output is decided shows in each patch's
+share of it, :meth:`MeanPoolLinear.contributions`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ class MeanPoolLinear(BagModel):
     def penalty(self) -> torch.Tensor:
         """``l2 * ||W||^2`` (0-d)."""
         return self.l2 * self.linear.weight.pow(2).sum()
+
+    def contributions(self, feats: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` each patch's share of ``direction . (out - b)`` for one bag's ``feats (n, F)``,
+        ``direction (n_out,)`` (e.g. ``[1]`` for a risk, ``e_1 - e_0`` for the log-odds of class 1):
+        ``c_n = direction . W (x_n - mu) / sd / n``.
+
+        The output is linear in the mean standardised feature, so the ``c_n`` add up exactly to
+        ``direction . (out - b)``, in the output's unit (log-hazard for a Cox risk, logits for
+        class scores); ``c_n > 0`` raises that quantity.
+        """
+        x = (feats.to(self.mu.device, torch.float32) - self.mu) / self.sd
+        w = direction.to(self.linear.weight) @ self.linear.weight
+        return (x @ w) / x.shape[0]
 
     def uniform_attention(self, bag: Bag) -> torch.Tensor:
         """``(n,)`` the weight mean pooling gives each patch, ``1/n``."""
