@@ -11,7 +11,6 @@ from torch import nn
 
 from histokd_core.bag import Bag, DataInfo
 from histokd_core.methods.base import Explanation
-from histokd_core.methods.crossfit import case_teacher
 from histokd_core.survival.losses import cox_nll
 
 
