@@ -37,7 +37,7 @@ SMALL = {
     "momkd": {"n_components": 2, "wsi_dim": 32, "shared_dim": 16, "omics_dim": 32, "cls_hidden": 16,
               "init_samples": 200, "kmeans_iters": 3},
     "subspace": {"dim": 16, "heads": 2, "dim_head": 8, "n_points": 4, "offset_kernel": 3,
-                 "offset_stride": 1, "warmup_epochs": 0},
+                 "offset_stride": 1, "warmup_epochs": 0, "linear_students": True},
     "baselines": {},
 }
 
@@ -195,7 +195,7 @@ def test_slide_only_models_predict_and_explain_without_reading_omics(built):
             # omics cannot sway the prediction either (a copy of the bag may hide a read)
             for omics in (source.omics, torch.full((GENES,), float("nan"))):
                 other = model.predict(Bag(**{**source.__dict__, "omics": omics}))
-                for field in ("risk", "logits", "attention"):
+                for field in ("risk", "logits", "attention", "contribution"):
                     if getattr(pred, field) is not None:
                         torch.testing.assert_close(getattr(other, field), getattr(pred, field),
                                                    msg=f"{where} {field}")
@@ -233,7 +233,7 @@ def test_checkpoint_round_trip_rebuilds_each_stage_alone(built, tmp_path):
         assert meta["stage"] == stage.name and loaded.needs_omics == model.needs_omics, where
         with torch.no_grad():
             a, b = model.predict(bag), loaded.predict(bag)
-        for field in ("risk", "logits", "attention"):
+        for field in ("risk", "logits", "attention", "contribution"):
             x, y = getattr(a, field), getattr(b, field)
             assert (x is None) == (y is None), (where, field)
             if x is not None:

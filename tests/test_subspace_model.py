@@ -310,10 +310,74 @@ def test_linear_student_stages_loss_and_omics_free_prediction():
     b = bags[0]
     scrambled = Bag(**{**b.__dict__, "omics": torch.randn_like(b.omics)})
     torch.testing.assert_close(student.predict(scrambled).logits, student.predict(b).logits)
+    torch.testing.assert_close(student.predict(scrambled).contribution,
+                               student.predict(b).contribution)
     torch.testing.assert_close(student.predict(b).attention,
                                torch.full((b.feats.shape[0],), 1.0 / b.feats.shape[0]))
     with pytest.raises(ConfigError, match="linear_kd_loss"):
         Config(linear_kd_loss="mse")
+
+
+def _tiny_student(n_classes: int, task: str = "classification"):
+    """A linear subspace student on 2 features with hand-set weights: ``mu = (1, 1)``,
+    ``sd = (2, 1)``; its bag's two patches ``(3, 1)`` and ``(1, 3)`` standardise to ``(1, 0)``
+    and ``(0, 2)`` (mean ``(0.5, 1)``)."""
+    from histokd_core.methods.subspace.linear_student import LinearSubspaceStudent
+
+    data = DataInfo(task=task, feat_dim=2, n_classes=n_classes)
+    model = LinearSubspaceStudent(data, Config(linear_students=True))
+    w = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [0.5, -1.0]][:n_classes]
+    b = [0.5, -0.5, -0.5, 0.0][:n_classes]
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.tensor(w))
+        model.linear.bias.copy_(torch.tensor(b))
+        model.mu.copy_(torch.tensor([1.0, 1.0]))
+        model.sd.copy_(torch.tensor([2.0, 1.0]))
+    bag = Bag("c", torch.tensor([[3.0, 1.0], [1.0, 3.0]]), torch.zeros(2, 2, dtype=torch.long),
+              patch_size=512, omics=torch.tensor([5.0]))
+    return model, bag
+
+
+def test_linear_student_contribution_binary_is_the_share_of_the_log_odds():
+    """Two classes: c_n = (W[1] - W[0]) . z_n / n with W[1] - W[0] = (-1, 2): patch 1
+    (-1 * 1 + 2 * 0) / 2 = -0.5, patch 2 (-1 * 0 + 2 * 2) / 2 = 2; logits (1.0, 1.5), so they sum
+    to the log-odds 0.5 minus the bias difference b1 - b0 = -1."""
+    model, bag = _tiny_student(2)
+    pred = model.predict(bag)
+    torch.testing.assert_close(pred.logits.detach(), torch.tensor([1.0, 1.5]))
+    torch.testing.assert_close(pred.contribution.detach(), torch.tensor([-0.5, 2.0]))
+    log_odds = pred.logits[1] - pred.logits[0]
+    bias = model.linear.bias[1] - model.linear.bias[0]
+    torch.testing.assert_close(pred.contribution.sum().detach(), (log_odds - bias).detach())
+    assert pred.contribution_unit == "log-odds contribution (class 1 vs class 0)"
+    expl = model.explain(bag)
+    np.testing.assert_allclose(expl.contribution, [-0.5, 2.0])
+    assert expl.contribution_unit == pred.contribution_unit
+    # slide only: the expression is never read
+    without = Bag(bag.case_id, bag.feats, bag.coords, patch_size=512)
+    torch.testing.assert_close(model.predict(without).contribution, pred.contribution)
+
+
+def test_linear_student_contribution_multiclass_is_the_predicted_class_centred_logit():
+    """Three classes: logits (1.0, 1.5, 1.0) predict class 1; W[1] - mean W = (-2/3, 1), so the
+    patches give (-2/3 * 1) / 2 = -1/3 and (1 * 2) / 2 = 1, summing to 2/3: the centred logit
+    1.5 - 3.5 / 3 minus the centred bias -0.5 + 0.5 / 3."""
+    model, bag = _tiny_student(3)
+    pred = model.predict(bag)
+    torch.testing.assert_close(pred.logits.detach(), torch.tensor([1.0, 1.5, 1.0]))
+    torch.testing.assert_close(pred.contribution.detach(), torch.tensor([-1 / 3, 1.0]))
+    centred = pred.logits[1] - pred.logits.mean()
+    bias = model.linear.bias[1] - model.linear.bias.mean()
+    torch.testing.assert_close(pred.contribution.sum().detach(), (centred - bias).detach())
+    assert pred.contribution_unit == "centred-logit contribution (predicted class 1)"
+
+
+def test_linear_student_survival_has_no_contribution_map():
+    """Discrete-time survival: its risk -sum S is not linear in the logits, so no patch shares."""
+    model, bag = _tiny_student(4, task="survival")
+    pred = model.predict(bag)
+    assert pred.risk is not None and pred.contribution is None and pred.contribution_unit is None
+    assert model.explain(bag).contribution is None
 
 
 def _latent_bag(i: int, rng: np.random.Generator, signal: float) -> Bag:

@@ -26,14 +26,17 @@ class Prediction:
     ``risk`` is a 0-d tensor (higher = worse prognosis) for survival; ``logits`` is ``(C,)`` for
     classification (or ``(n_bins,)`` hazards logits for discrete-time survival); ``attention`` is
     ``(n,)`` over the bag's 20x patches, summing to 1, when the model has one; ``contribution`` is
-    ``(n,)``, each patch's signed share of ``risk`` in its log-hazard units (summing to ``risk``
-    minus the model's bias), for models whose risk is a sum over patches.
+    ``(n,)``, each patch's signed share of one output of the model (summing to that output minus
+    the model's bias), for models whose output is a sum over patches, and ``contribution_unit``
+    names that output and its unit for a colour bar (e.g. ``"risk contribution (log-hazard)"``,
+    ``"log-odds contribution (class 1 vs class 0)"``).
     """
 
     risk: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     attention: torch.Tensor | None = None
     contribution: torch.Tensor | None = None
+    contribution_unit: str | None = None
 
     def survival_risk(self) -> float:
         """The risk (higher = worse prognosis): ``risk`` when the model gives one, else the
@@ -57,9 +60,11 @@ class Explanation:
     ----------
     coords : ``(n, 2)`` int64; patch_size : level-0 pixels.
     attention : ``(n,)`` float, the model's patch attention (sums to 1), or None.
-    contribution : ``(n,)`` float, each patch's signed contribution to the predicted risk in the
-        risk's log-hazard units (> 0 raises it; sums to the risk minus the model's bias), or None
-        (models whose risk is not a sum over patches).
+    contribution : ``(n,)`` float, each patch's signed share of one output of the model (> 0
+        raises it; sums to that output minus the model's bias), or None (models whose output is
+        not a sum over patches); contribution_unit : that output and its unit, as the colour bar
+        shows it (``Prediction.contribution_unit``, e.g. ``"risk contribution (log-hazard)"``),
+        or None when unstated.
     pathway_maps : pathway name -> ``(n,)`` float attention of that pathway over patches.
     pathway_scores : pathway name -> float, overall importance (for ranking, high first).
     clusters : map name (e.g. "tumor", "tme") -> ``(n,)`` int cluster id per patch (-1 = none).
@@ -74,6 +79,7 @@ class Explanation:
     patch_size: int
     attention: np.ndarray | None = None
     contribution: np.ndarray | None = None
+    contribution_unit: str | None = None
     pathway_maps: dict[str, np.ndarray] = field(default_factory=dict)
     pathway_scores: dict[str, float] = field(default_factory=dict)
     clusters: dict[str, np.ndarray] = field(default_factory=dict)
@@ -125,8 +131,8 @@ class BagModel(nn.Module):
         return {}
 
     def explain(self, bag: Bag) -> Explanation:
-        """Per-patch maps for overlays; the default gives the attention (and the risk
-        contribution, when there is one) of :meth:`predict`."""
+        """Per-patch maps for overlays; the default gives the attention (and the per-patch
+        contribution with its unit, when there is one) of :meth:`predict`."""
         with torch.no_grad():
             pred = self.predict(bag)
         attn = None if pred.attention is None else pred.attention.detach().float().cpu().numpy()
@@ -141,6 +147,7 @@ class BagModel(nn.Module):
             patch_size=bag.patch_size,
             attention=attn,
             contribution=contrib,
+            contribution_unit=pred.contribution_unit,
             risk=risk,
             probability=prob,
         )

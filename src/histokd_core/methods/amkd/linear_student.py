@@ -30,6 +30,10 @@ from histokd_core.methods.base import Prediction
 from histokd_core.methods.crossfit import case_teacher
 from histokd_core.methods.linear import MeanPoolLinear
 
+#: what :meth:`LinearStudent.predict`'s contribution map adds up to, and its unit
+#: (``Prediction.contribution_unit``).
+CONTRIBUTION_UNIT = "risk contribution (log-hazard)"
+
 
 class LinearStudent(MeanPoolLinear):
     """Slide-only linear student (see the module docstring); ``teacher`` is the frozen AMKD
@@ -84,4 +88,5 @@ class LinearStudent(MeanPoolLinear):
         one = torch.ones(1, device=self.mu.device)
         return Prediction(risk=self.forward_feats(bag.feats)[0],
                           attention=self.uniform_attention(bag),
-                          contribution=self.contributions(bag.feats, one))
+                          contribution=self.contributions(bag.feats, one),
+                          contribution_unit=CONTRIBUTION_UNIT)

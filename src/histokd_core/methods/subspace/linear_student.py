@@ -15,6 +15,21 @@ cross-fitted targets, the inner teacher that did not train on the case), chosen 
 
 Its ablation trains on the task loss only. Both add ``Config.linear_l2 * ||W||^2``.
 :meth:`LinearSubspaceStudent.predict` never reads ``bag.omics``.
+
+Mean pooling weighs every patch alike (uniform attention ``1/n``), so for classification
+``predict`` also reports each patch's share of the prediction (``Prediction.contribution``,
+``(n,)``, :func:`contribution_direction`), with ``z_n = (x_n - mu) / sd``:
+
+- two classes: the share of the log-odds of class 1, ``c_n = (W[1] - W[0]) . z_n / n``; the
+  patches add up to ``logit_1 - logit_0 - (b_1 - b_0)`` (unit: log-odds);
+- ``K > 2`` classes: the share of the predicted class ``k``'s centred logit
+  ``logit_k - mean_j logit_j``, ``c_n = (W[k] - mean_j W[j]) . z_n / n``; the patches add up to
+  it minus ``b_k - mean_j b_j`` (unit: logit).
+
+Discrete-time survival gets no contribution map: the risk it reports (:func:`~histokd_core.methods.
+subspace.teacher.outcome`, ``-sum_k S_k`` with ``S_k = prod_{j <= k} (1 - sigmoid(logit_j))``) is
+not linear in the logits, so no per-patch shares add up to it, and a linear stand-in (e.g. the
+summed hazard logits) is not that risk and can give a patch the opposite sign.
 """
 
 from __future__ import annotations
@@ -30,6 +45,29 @@ from histokd_core.methods.crossfit import case_teacher
 from histokd_core.methods.linear import MeanPoolLinear
 from histokd_core.methods.subspace.losses import kd_kl, logit_regression_loss, task_loss
 from histokd_core.methods.subspace.teacher import outcome
+
+
+def contribution_direction(logits: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The class-score combination a classification contribution map shares out, and its unit.
+
+    Parameters
+    ----------
+    logits : one case's ``(K,)`` class logits.
+
+    Returns
+    -------
+    ``direction (K,)`` for :meth:`~histokd_core.methods.linear.MeanPoolLinear.contributions`
+    (``e_1 - e_0`` for two classes: the log-odds of class 1; ``e_k - 1/K`` for the predicted class
+    ``k`` of ``K > 2``: its centred logit) and the colour-bar unit naming it.
+    """
+    k = logits.shape[-1]
+    if k == 2:
+        return (torch.tensor([-1.0, 1.0], device=logits.device),
+                "log-odds contribution (class 1 vs class 0)")
+    pred = int(logits.argmax())
+    direction = torch.full((k,), -1.0 / k, device=logits.device)
+    direction[pred] += 1.0
+    return direction, f"centred-logit contribution (predicted class {pred})"
 
 
 class LinearSubspaceStudent(MeanPoolLinear):
@@ -80,4 +118,12 @@ class LinearSubspaceStudent(MeanPoolLinear):
         }
 
     def predict(self, bag: Bag) -> Prediction:
-        return outcome(self.forward_feats(bag.feats), self.task, self.uniform_attention(bag))
+        """:func:`~histokd_core.methods.subspace.teacher.outcome` of the logits, uniform attention
+        ``(n,)`` and, for classification, each patch's share of the prediction ``(n,)`` (module
+        docstring); never reads ``bag.omics``."""
+        logits = self.forward_feats(bag.feats)
+        pred = outcome(logits, self.task, self.uniform_attention(bag))
+        if self.task == "classification":
+            direction, pred.contribution_unit = contribution_direction(logits)
+            pred.contribution = self.contributions(bag.feats, direction)
+        return pred
