@@ -274,3 +274,32 @@ def test_train_swap_diagnostic_and_monitor_flags(cohort_dir, tmp_path):
     assert 0 <= m["swap"]["teacher"]["ge_patch"]["expression_mean"] <= 1
     meta = json.loads((out / "fold_0" / "student.json").read_text())
     assert meta["monitor"] == "val_c_index"
+
+
+def test_cohort_scale_of_a_contribution_keeps_the_models_unit(tmp_path):
+    """Each slide's maps.zarr records the model's contribution unit; the cohort scale pooled over
+    the slides carries it (and says so when slides differ, e.g. the predicted class of a K > 2
+    student), and a slide drawn on it keeps it."""
+    from histokd_core.explain.colour import map_scale
+    from histokd_core.methods.base import Explanation
+    from histokd_core.workflows.predict import explanation_table
+    from histokd_core.workflows.predict_cohort import _write_zarr, pooled_scales
+
+    coords = np.array([[0, 0], [256, 0], [0, 256]])
+
+    def slide(name, values, unit):
+        expl = Explanation(coords=coords, patch_size=256, contribution=np.asarray(values),
+                           contribution_unit=unit)
+        cols, table = explanation_table(expl)
+        (tmp_path / name).mkdir()
+        _write_zarr(tmp_path / name / "maps.zarr", expl, cols, table)
+        return tmp_path / name
+
+    odds = "log-odds contribution (class 1 vs class 0)"
+    dirs = [slide("a", [0.1, -0.2, 0.05], odds), slide("b", [0.3, 0.0, -0.1], odds)]
+    scale = pooled_scales(dirs, ["contribution"])["contribution"]
+    assert scale.unit == odds and scale.high == pytest.approx(-scale.low)
+    assert map_scale(np.array([0.1]), "contribution", "cohort", scale).unit == odds
+    mixed = [slide(f"k{k}", [0.2, 0.1, 0.0], f"centred-logit contribution (predicted class {k})")
+             for k in (1, 2)]
+    assert "2 units, one per slide" in pooled_scales(mixed, ["contribution"])["contribution"].unit

@@ -68,16 +68,23 @@ def test_fixed_and_probability_and_signed_ranges():
 def test_risk_contribution_is_signed_with_its_unit_and_no_fixed_range():
     from histokd_core.explain.colour import has_fixed_range
 
-    c = map_scale(np.array([-0.02, 0.05, 0.01]), "contribution")
+    # the unit is the model's (Explanation.contribution_unit), e.g. the linear AMKD student's
+    c = map_scale(np.array([-0.02, 0.05, 0.01]), "contribution",
+                  unit="risk contribution (log-hazard)")
     assert (c.low, c.high) == (-0.05, 0.05) and c.colormap_name == "histokd-diverging"
-    assert c.unit == "risk contribution (log-hazard)" and "risk minus the model's bias" in c.meaning
+    assert c.unit == "risk contribution (log-hazard)" and "minus the model's bias" in c.meaning
     assert not c.near_uniform  # only attention has a uniform reference
     assert c.label == "risk contribution (log-hazard): -0.05 to 0.05 (slide scale)"
+    assert map_scale(np.array([0.1]), "contribution").unit == "contribution (model output units)"
     assert not has_fixed_range("contribution") and has_fixed_range("attention")
     with pytest.raises(DataError, match="fixed scale"):
         map_scale(np.array([0.1]), "contribution", mode="fixed")
-    pooled = cohort_scale([np.array([-0.3, 0.1]), np.array([0.2])], "contribution", quantile=1.0)
+    pooled = cohort_scale([np.array([-0.3, 0.1]), np.array([0.2])], "contribution", quantile=1.0,
+                          unit="log-odds contribution (class 1 vs class 0)")
     assert (pooled.low, pooled.high, pooled.colormap_name) == (-0.3, 0.3, "histokd-diverging")
+    # a slide drawn on the cohort scale keeps its unit
+    one = map_scale(np.array([0.1]), "contribution", mode="cohort", cohort=pooled)
+    assert one.unit == "log-odds contribution (class 1 vs class 0)"
 
 
 def test_cohort_scale_is_the_same_for_every_slide():

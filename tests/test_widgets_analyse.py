@@ -330,7 +330,8 @@ def test_colour_bar_has_the_unit_and_range_of_the_map(make_napari_viewer, traine
 
 def test_a_linear_students_risk_contribution_is_the_main_map(make_napari_viewer, trained):
     """A mean-pooling student (uniform attention, signed per-patch risk contribution): the
-    contribution is shown first, symmetric around 0 with its log-hazard unit on both colour bars;
+    contribution is shown first, symmetric around 0 with the model's unit (log-hazard; log-odds
+    for a two-class student) on both colour bars;
     the flat attention is flagged and drawn faint so it never hides the tissue; a fixed colour
     scale falls back to the slide's for the contribution and says so; the export dock offers it."""
     from histokd_core.workflows import Analysis
@@ -346,7 +347,8 @@ def test_a_linear_students_risk_contribution_is_the_main_map(make_napari_viewer,
               & (coords[:, 1] >= REGION.y0) & (coords[:, 1] < REGION.y1))
     contribution = np.where(inside, 0.02, -0.001)
     expl = Explanation(coords=coords, patch_size=P, attention=np.full(n, 1.0 / n),
-                       contribution=contribution, risk=float(contribution.sum()) + 0.1)
+                       contribution=contribution,
+                       contribution_unit="risk contribution (log-hazard)", risk=float(contribution.sum()) + 0.1)
     w.analysis = Analysis(expl, {}, "s", trained.features)
     w.layers = add_analysis_layers(viewer, w.analysis, MPP, units=("um", "um"))
     w.show_results()
@@ -358,10 +360,10 @@ def test_a_linear_students_risk_contribution_is_the_main_map(make_napari_viewer,
     assert middle[3] == pytest.approx(0.0, abs=0.02)  # transparent at 0
     assert w.colourbar.caption() == "risk contribution (log-hazard)"
     caption = viewer.canvas.overlays.text.text.splitlines()
-    assert caption == ["risk contribution per patch",
+    assert caption == ["contribution per patch",
                        "risk contribution (log-hazard): -0.02 to 0.02 (slide scale)",
-                       "+ raises the risk, - lowers it; patches add up to risk - bias"]
-    assert "add up to the risk minus the model" in w.legend_note.text()
+                       "+ raises it, - lowers it; patches add up to it - bias"]
+    assert "add up to it minus the model" in w.legend_note.text()
     # top patches: the most risk-raising ones, in log-hazard
     assert all(inside[i] for i in w._top[: int(inside.sum())])
     assert "0.02 risk contribution (log-hazard)" in w.top_list.item(0).text()
@@ -373,9 +375,20 @@ def test_a_linear_students_risk_contribution_is_the_main_map(make_napari_viewer,
     w.show_results()
     scale = w.layers["contribution"].metadata["scale"]
     assert scale["mode"] == "slide" and "no fixed range for contribution maps" in scale["note"]
+    assert scale["unit"] == "risk contribution (log-hazard)"
     assert w.layers["attention"].contrast_limits == [0.0, 4.0]
     export = ExportWidget(viewer)
     assert "s contribution" in [export.heatmap.itemText(i) for i in range(export.heatmap.count())]
+    # the unit is the model's: a two-class linear subspace student's share of the log-odds
+    odds = Explanation(coords=coords, patch_size=P, attention=np.full(n, 1.0 / n),
+                       contribution=contribution,
+                       contribution_unit="log-odds contribution (class 1 vs class 0)",
+                       probability=0.7)
+    w.analysis = Analysis(odds, {}, "s", trained.features)
+    w.layers = add_analysis_layers(viewer, w.analysis, MPP, units=("um", "um"))
+    w.show_results()
+    assert w.colourbar.caption() == "log-odds contribution (class 1 vs class 0)"
+    assert "log-odds" in viewer.canvas.overlays.text.text.splitlines()[1]
 
 
 def test_rerun_replaces_the_previous_layers_and_top_patch_click_moves_the_camera(slide_dock, qtbot, trained):

@@ -2,9 +2,9 @@
 
 Every layer is placed with :mod:`histokd_core.slide.geometry` (pixel-centre convention), in the
 slide layer's world units (``world_mpp`` = microns per level-0 px, or 1.0 for a slide shown in
-pixels). Heatmaps are float images in their map's unit (attention: multiples of uniform; a risk
-contribution: log-hazard, on the diverging scale) with NaN where no patch lies (transparent), the
-range and colour table of :mod:`histokd_core.explain.colour`, and a lower opacity when the map is
+pixels). Heatmaps are float images in their map's unit (attention: multiples of uniform; a
+contribution: the model's own, ``Explanation.contribution_unit``, on the diverging scale) with
+NaN where no patch lies (transparent), the range and colour table of :mod:`histokd_core.explain.colour`, and a lower opacity when the map is
 nearly uniform (so a flat map does not hide the tissue); cluster maps are Labels; memory
 components are one 2-D image showing one component at a time; top patches are a Points layer of
 ranked, labelled squares.
@@ -31,7 +31,7 @@ from histokd_core.slide.geometry import patch_centres_world
 LayerData = tuple[Any, dict[str, Any], str]
 
 #: the map shown first after Analyse (the others are added hidden), in order of preference: a
-#: model with a risk contribution (the linear student) pools its patches uniformly, so its
+#: model with a contribution map (a linear student) pools its patches uniformly, so its
 #: contribution says more than its attention.
 MAIN_MAPS = ("contribution", "attention", "pathway", "memory")
 #: opacity of a heatmap whose map is nearly uniform (its colour would cover the whole tissue).
@@ -63,12 +63,13 @@ def _raster_meta(raster, world_mpp: float) -> dict[str, Any]:
 
 
 def layer_scale(display, kind: MapKind, mode: ScaleMode, map_name: str,
-                cohort: dict[str, MapScale] | None = None) -> MapScale:
+                cohort: dict[str, MapScale] | None = None, unit: str | None = None) -> MapScale:
     """:func:`~histokd_core.explain.colour.map_scale` of one map; the ``cohort`` mode takes the
     run's scale of ``map_name`` (``"attention"``, ``"contribution"``, ``"pathway:<name>"``,
     ``"memory:<component>"``) from ``cohort``
     (:func:`~histokd_core.workflows.predict_cohort.run_colour_scales`). A map with no fixed range
-    (a risk contribution) gets the slide scale under ``"fixed"``, and its note says so."""
+    (a contribution) gets the slide scale under ``"fixed"``, and its note says so. ``unit``: the
+    model's for a contribution (``Explanation.contribution_unit``), else None (the kind's)."""
     import dataclasses
 
     from histokd_core.errors import DataError
@@ -77,17 +78,18 @@ def layer_scale(display, kind: MapKind, mode: ScaleMode, map_name: str,
         raise DataError(f"cohort colour scale: the run's cohort maps have no {map_name!r} map "
                         "(predict all slides of this run with this model first)")
     if mode == "fixed" and not has_fixed_range(kind):
-        scale = map_scale(display, kind, "slide")
+        scale = map_scale(display, kind, "slide", unit=unit)
         note = f"no fixed range for {kind} maps: this slide's scale"
         return dataclasses.replace(scale, note="; ".join(n for n in (note, scale.note) if n))
-    return map_scale(display, kind, mode, (cohort or {}).get(map_name))
+    return map_scale(display, kind, mode, (cohort or {}).get(map_name), unit=unit)
 
 
 def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, map_kind: MapKind,
              stride, mode: ScaleMode, cohort: dict[str, MapScale] | None, map_name: str):
     display = to_display(values, map_kind, n_patches=len(expl.coords))
     raster = rasterize(expl.coords, display, expl.patch_size, stride=stride)
-    scale = layer_scale(display, map_kind, mode, map_name, cohort)
+    unit = expl.contribution_unit if map_kind == "contribution" else None
+    scale = layer_scale(display, map_kind, mode, map_name, cohort, unit)
     kwargs = {
         "name": name,
         "colormap": napari_colormap(scale),
@@ -132,8 +134,8 @@ def explanation_layers(
     """All overlays of an Explanation, in world units of ``world_mpp`` per level-0 pixel.
 
     Layers (present when the Explanation has the field): ``contribution`` heatmap (each patch's
-    share of the risk, log-hazard, diverging scale), ``attention`` heatmap and ``pathway``
-    heatmap (top-ranked pathway; ``metadata["pathway_grids"]`` holds every pathway's grid in rank
+    share of the model's output, in ``expl.contribution_unit``, diverging scale), ``attention``
+    heatmap and ``pathway`` heatmap (top-ranked pathway; ``metadata["pathway_grids"]`` holds every pathway's grid in rank
     order), both in multiples of uniform attention (1/n); one Labels per cluster map
     (``metadata["legend"]``: cluster id -> patch count, ``metadata["colors"]``: id -> RGB);
     ``memory`` cosine similarities of one component (2-D, so no slider; ``metadata["memory_grids"]``
@@ -268,8 +270,8 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
     ``fine`` is a :class:`~histokd_core.workflows.fine_maps.FineMaps`; ``key`` one of its map names
     (``"attention"``, ``"contribution"``, ``"pathway:<name>"``, ``"memory:<component>"``). Attention
     and pathway maps are shown in multiples of uniform over the overlapping patches (their
-    attention sums to 1 over them), a risk contribution in log-hazard per overlapping patch (they
-    sum to the risk of the overlapping bag minus the bias), memory maps as cosine similarity; the
+    attention sums to 1 over them), a contribution in the model's unit per overlapping patch (they
+    sum to the output of the overlapping bag minus the bias), memory maps as cosine similarity; the
     pyramid stays lazy (dask), scaled on the fly.
     """
     fmap = fine.maps[key]
@@ -286,7 +288,8 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
     else:
         per_patch = expl.memory[list(expl.memory_names).index(key.split(":", 1)[1])]
     display = to_display(per_patch, kind, n)
-    scale = layer_scale(display, kind, scale_mode, key, cohort)
+    scale = layer_scale(display, kind, scale_mode, key, cohort,
+                        expl.contribution_unit if kind == "contribution" else None)
     factor = float(n) if kind == "attention" else 1.0
     levels = [lvl * np.float32(factor) for lvl in fmap.levels]
     p = f"{prefix} " if prefix else ""

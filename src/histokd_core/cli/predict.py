@@ -20,7 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Print the predicted risk (survival) or class probability (classification) and write a "
             "CSV with one row per patch: level-0 x, y, patch size, attention and any other per-patch "
-            "map of the model (the risk contribution of a linear student in log-hazard units, "
+            "map of the model (a linear student's per-patch contribution: its share of the risk, "
+            "log-hazard, or of the log-odds; the JSON names the unit; "
             "pathway maps, memory activations, cluster ids). A JSON summary with the prediction, "
             "pathway ranking, top patches and the score columns' units is written beside it. "
             "With --run, "
@@ -61,8 +62,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     cohort.add_argument("--stage", default=None, help="model of the run (default student)")
     cohort.add_argument("--png-maps", default="attention,contribution",
                         help="comma-separated maps drawn as PNG on a cohort-wide scale (default "
-                        "attention,contribution: the patches' share of the risk in log-hazard "
-                        "units, "
+                        "attention,contribution: the patches' share of the model's output in "
+                        "its unit (risk: log-hazard, two classes: log-odds), "
                         "for models that have it; e.g. attention,pathway:HYPOXIA)")
     cohort.add_argument("--label-column", default=None, help="label column (classification runs)")
     cohort.add_argument("--scheduler", default=None,

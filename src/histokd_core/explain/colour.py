@@ -8,8 +8,11 @@ Each map kind has a unit a pathologist can read on a colour bar:
 * ``"probability"``: 0..1, always on the fixed range [0, 1].
 * ``"signed"`` (a signed score): symmetric range ``[-m, m]`` around 0 with a diverging colour map
   that is transparent at 0.
-* ``"contribution"`` (each patch's share of the predicted risk, in the risk's log-hazard units;
-  the patches sum to the risk minus the model's bias): the signed scale and colour map.
+* ``"contribution"`` (each patch's share of one output of the model, in that output's units; the
+  patches sum to it minus the model's bias): the signed scale and colour map. Its unit comes from
+  the model (``Explanation.contribution_unit``, passed as ``unit=``): ``"risk contribution
+  (log-hazard)"`` for the linear AMKD student, ``"log-odds contribution (class 1 vs class 0)"``
+  for a two-class linear subspace student, ...
 * ``"similarity"`` (cosine of a patch to a memory component): -1..1 on the signed scale.
 
 A :class:`MapScale` is the colour scale of one map: unit, ``[low, high]`` in that unit, the colour
@@ -56,7 +59,7 @@ UNITS: dict[str, str] = {
     "attention": "x uniform (1/n)",
     "probability": "probability",
     "signed": "signed score",
-    "contribution": "risk contribution (log-hazard)",
+    "contribution": "contribution (model output units)",
     "similarity": "cosine similarity",
 }
 
@@ -65,9 +68,9 @@ MEANINGS: dict[str, str] = {
                  "2 = twice the average patch",
     "probability": "probability 0-1",
     "signed": "signed: above 0 raises the prediction, below 0 lowers it",
-    "contribution": "each patch's share of the predicted risk, in its log-hazard units: above 0 "
-                    "raises the risk, below 0 lowers it; all patches add up to the risk minus "
-                    "the model's bias",
+    "contribution": "each patch's share of the model output named on the colour bar (a risk, a "
+                    "log-odds, a logit), in that output's units: above 0 raises it, below 0 "
+                    "lowers it; all patches add up to it minus the model's bias",
     "similarity": "cosine similarity to the component: 1 = same direction, 0 = unrelated, "
                   "-1 = opposite",
 }
@@ -80,7 +83,8 @@ class MapScale:
     Attributes
     ----------
     kind : the map's kind (see the module docstring).
-    unit : short unit for the colour bar, e.g. ``"x uniform (1/n)"``.
+    unit : short unit for the colour bar, e.g. ``"x uniform (1/n)"`` (a contribution's: the
+        model's, e.g. ``"risk contribution (log-hazard)"``).
     low, high : colour-bar range in ``unit`` (values outside saturate).
     mode : how the range was chosen: ``"slide"``, ``"fixed"`` or ``"cohort"``.
     near_uniform : True when the map is almost flat (attention: max < 1.5 x uniform;
@@ -193,6 +197,7 @@ def map_scale(
     kind: MapKind,
     mode: ScaleMode = "slide",
     cohort: MapScale | None = None,
+    unit: str | None = None,
 ) -> MapScale:
     """The colour scale of one slide's map.
 
@@ -202,6 +207,9 @@ def map_scale(
     kind : the map's kind.
     mode : ``"slide"`` (range from these values), ``"fixed"`` (constant range for the kind) or
         ``"cohort"`` (the range of ``cohort``, a :func:`cohort_scale` of the same kind).
+    unit : the colour-bar unit when the model states it (a contribution's
+        ``Explanation.contribution_unit``); default the cohort scale's under ``"cohort"``, else
+        the kind's (:data:`UNITS`).
 
     Returns
     -------
@@ -230,7 +238,7 @@ def map_scale(
     signed = kind in SIGNED_KINDS
     return MapScale(
         kind=kind,
-        unit=UNITS[kind],
+        unit=unit or (cohort.unit if mode == "cohort" else UNITS[kind]),
         low=float(low),
         high=float(high),
         mode=mode,
@@ -241,7 +249,8 @@ def map_scale(
     )
 
 
-def cohort_scale(maps: Iterable[np.ndarray], kind: MapKind, quantile: float = 0.99) -> MapScale:
+def cohort_scale(maps: Iterable[np.ndarray], kind: MapKind, quantile: float = 0.99,
+                 unit: str | None = None) -> MapScale:
     """One colour scale for every slide of a run, from its test cases' maps.
 
     Parameters
@@ -250,6 +259,7 @@ def cohort_scale(maps: Iterable[np.ndarray], kind: MapKind, quantile: float = 0.
     kind : their kind.
     quantile : the range ends at this quantile of all patches pooled (a few extreme patches of one
         slide should not wash out every other slide); probability is always [0, 1].
+    unit : the colour-bar unit the model states (a contribution's), default the kind's.
 
     Returns
     -------
@@ -271,7 +281,7 @@ def cohort_scale(maps: Iterable[np.ndarray], kind: MapKind, quantile: float = 0.
     else:
         raise DataError(f"map kind: expected one of {sorted(UNITS)}, got {kind!r}")
     signed = kind in SIGNED_KINDS
-    return MapScale(kind=kind, unit=UNITS[kind], low=low, high=high, mode="cohort",
+    return MapScale(kind=kind, unit=unit or UNITS[kind], low=low, high=high, mode="cohort",
                     near_uniform=False, note="", colormap=diverging_table() if signed else sequential_table(),
                     colormap_name="histokd-diverging" if signed else "histokd-sequential")
 

@@ -43,17 +43,26 @@ class SlidePrediction:
         return f"{self.summary['slide_id']}\tprobability={self.summary['probabilities'][-1]:.4f}"
 
 
-#: the unit of each per-patch score column, written into the JSON summaries.
+#: the unit of each per-patch score column, written into the JSON summaries (a contribution's
+#: starts with the model's unit, :func:`column_units`).
 COLUMN_UNITS = {
     "attention": "share of the slide's attention (the patches sum to 1)",
-    "contribution": "the patch's share of the predicted risk, log-hazard units (the patches sum "
-                    "to the risk minus the model's bias; > 0 raises the risk)",
+    "contribution": "the patch's share of that model output, in its units (the patches sum to it "
+                    "minus the model's bias; > 0 raises it)",
 }
 
 
-def column_units(cols: Sequence[str]) -> dict[str, str]:
-    """The unit of each score column in ``cols`` that has one (:data:`COLUMN_UNITS`)."""
-    return {c: COLUMN_UNITS[c] for c in cols if c in COLUMN_UNITS}
+def column_units(expl: Explanation) -> dict[str, str]:
+    """The unit of each score column of :func:`explanation_table` that has one
+    (:data:`COLUMN_UNITS`; the contribution's led by the model's ``expl.contribution_unit``,
+    e.g. ``"risk contribution (log-hazard): the patch's share of that model output, ..."``)."""
+    units = {c: COLUMN_UNITS[c] for c in explanation_table(expl)[0] if c in COLUMN_UNITS}
+    if "contribution" in units:
+        from histokd_core.explain.colour import UNITS
+
+        what = expl.contribution_unit or UNITS["contribution"]
+        units["contribution"] = f"{what}: {units['contribution']}"
+    return units
 
 
 def explanation_table(expl: Explanation) -> tuple[list[str], np.ndarray]:
@@ -98,8 +107,9 @@ def predict_slide(
     features : one slide's ``.zarr`` / ``.h5`` / ``.pt`` features, or a store / folder with
         ``slide_id``.
     out : the per-patch CSV: level-0 ``x``, ``y``, ``patch_size``, ``attention`` and every other
-        map the model explains (``contribution``: the patch's share of the risk in log-hazard
-        units, ``pathway:<name>``, ``memory:<component>``, ``cluster:<map>``);
+        map the model explains (``contribution``: the patch's share of the model's output, in the
+        unit the summary's ``units`` give; ``pathway:<name>``, ``memory:<component>``,
+        ``cluster:<map>``);
         ``out`` with suffix ``.json`` gets the summary.
     device : ``"cpu"``, ``"cuda"``, ``"auto"``.
     overwrite : replace existing outputs (otherwise an existing file is an error).
@@ -129,8 +139,8 @@ def explanation_detections(
     """Measurements and classes of an :class:`~histokd_core.methods.base.Explanation`'s patches.
 
     Measurements: ``attention`` (sums to 1 over the slide), ``contribution`` (the patch's share
-    of the risk, log-hazard; sums to the risk minus the model's bias), ``pathway:<name>``,
-    ``memory:<component>`` and ``cluster:<map>`` (the id as a number). Classes: the cluster map
+    of the model's output, in ``expl.contribution_unit``; sums to it minus the model's bias),
+    ``pathway:<name>``, ``memory:<component>`` and ``cluster:<map>`` (the id as a number). Classes: the cluster map
     ``cluster_map`` (default the first one, e.g. ``"tumor"``) as ``"<map> cluster <id>"`` with the
     viewer's cluster colours; None when the model has no cluster map.
     """
@@ -254,7 +264,7 @@ def _predict(model, meta: dict, checkpoint, features, slide_id: str | None, out:
     summary["pathway_scores"] = {k: float(v) for k, v in expl.pathway_scores.items()}
     summary["top_patches"] = {k: np.asarray(v).tolist() for k, v in expl.top_patches.items()}
     cols, values = explanation_table(expl)
-    summary["units"] = column_units(cols)
+    summary["units"] = column_units(expl)
     with atomic_path(out, overwrite=overwrite) as tmp:
         pd.DataFrame(values, columns=cols).astype({"x": int, "y": int, "patch_size": int}).to_csv(
             tmp, index=False

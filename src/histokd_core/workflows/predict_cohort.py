@@ -85,7 +85,7 @@ class CohortMaps:
 
 def map_kind(name: str) -> str:
     """Colour kind of a map column: attention and pathway maps (attention over patches, sum 1)
-    are ``"attention"``; a risk contribution is ``"contribution"``; memory activations are
+    are ``"attention"``; a per-patch contribution is ``"contribution"``; memory activations are
     ``"similarity"``."""
     if name == "attention" or name.startswith("pathway:"):
         return "attention"
@@ -193,7 +193,7 @@ def predict_one(job: dict[str, Any]) -> dict[str, Any]:
                    "method": meta.get("method"),
                    "pathway_scores": {k: float(v) for k, v in expl.pathway_scores.items()},
                    "top_patches": {k: np.asarray(v).tolist() for k, v in expl.top_patches.items()},
-                   "units": column_units(cols)}
+                   "units": column_units(expl)}
         write_json(slide_dir / "maps.json", summary)
         write_json(done, {"checkpoint": job["checkpoint"], "row": pred})
         return {**row, **pred, "status": "done", "reason": "",
@@ -221,10 +221,12 @@ def _write_zarr(path: Path, expl, cols: list[str], values: np.ndarray) -> None:
     from histokd_core.io import atomic_path
 
     maps = [c for c in cols if c not in ("x", "y", "patch_size")]
+    attrs = {"patch_size_level0": int(expl.patch_size), "maps": maps,
+             "coords": "level-0 top-left (x, y) px of each patch"}
+    if expl.contribution_unit is not None:
+        attrs["contribution_unit"] = expl.contribution_unit
     with atomic_path(path) as tmp:
-        g = zarr.open_group(tmp, mode="w", attributes={
-            "patch_size_level0": int(expl.patch_size), "maps": maps,
-            "coords": "level-0 top-left (x, y) px of each patch"})
+        g = zarr.open_group(tmp, mode="w", attributes=attrs)
         g.create_array("coords", data=np.asarray(expl.coords, dtype=np.int64))
         grids = g.create_group("grid")
         for j, name in enumerate(maps, start=3):
@@ -335,7 +337,8 @@ def pooled_scales(slide_dirs: Sequence[Path], names: Sequence[str]) -> dict[str,
     -------
     map name -> :class:`~histokd_core.explain.colour.MapScale` (``mode="cohort"``, its range from
     :func:`~histokd_core.explain.colour.cohort_scale` over every patch of those slides, in display
-    units: attention and pathway maps as multiples of uniform).
+    units: attention and pathway maps as multiples of uniform; a contribution in the model's unit,
+    :func:`contribution_unit`).
     """
     from histokd_core.explain.colour import cohort_scale, to_display
 
@@ -343,9 +346,25 @@ def pooled_scales(slide_dirs: Sequence[Path], names: Sequence[str]) -> dict[str,
     for name in names:
         kind = map_kind(name)
         values = [v for d in slide_dirs if (v := _read_map(d, name)) is not None]
+        unit = contribution_unit(slide_dirs) if kind == "contribution" else None
         if values:
-            scales[name] = cohort_scale([to_display(v, kind, len(v)) for v in values], kind)
+            scales[name] = cohort_scale([to_display(v, kind, len(v)) for v in values], kind,
+                                        unit=unit)
     return scales
+
+
+def contribution_unit(slide_dirs: Sequence[Path]) -> str | None:
+    """The contribution unit the model stated for the slides' ``maps.zarr`` (one model, one unit;
+    a class-wise unit, e.g. the predicted class's centred logit, can differ between slides, and
+    then the scale says so); None when none states one."""
+    import zarr
+
+    stated = (zarr.open_group(d / "maps.zarr", mode="r").attrs.get("contribution_unit")
+              for d in slide_dirs if (d / "maps.zarr").is_dir())
+    units = sorted({u for u in stated if u})
+    if len(units) > 1:
+        return f"contribution ({len(units)} units, one per slide: see its maps.json)"
+    return units[0] if units else None
 
 
 def run_colour_scales(maps_dir: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, Any]:

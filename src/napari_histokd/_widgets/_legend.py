@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 
 #: what a signed or similarity map's sign means, added to the canvas caption.
 SIGN_HINTS = {"signed": "+ raises the prediction, - lowers it",
-              "contribution": "+ raises the risk, - lowers it; patches add up to risk - bias",
+              "contribution": "+ raises it, - lowers it; patches add up to it - bias",
               "similarity": "1 same as the component, 0 unrelated, -1 opposite"}
 
 

@@ -1,5 +1,5 @@
-"""Analyse dock: a slide + a trained checkpoint -> risk contribution, attention, pathway, cluster
-and memory overlays.
+"""Analyse dock: a slide + a trained checkpoint -> per-patch contribution, attention, pathway,
+cluster and memory overlays.
 
 After a run only the main map is visible; the "map" selector shows one map at a time with its
 colour bar (unit, range, near-uniform note) and its ranked top patches, which the list centres
@@ -506,9 +506,9 @@ class AnalyseWidget(QWidget):
         self.status.setText(f"{analysis.slide_id}: {len(analysis.explanation.coords)} patches")
 
     def add_fine_layer(self, fine, world_mpp: float, units=None, scale_mode: str = "slide", cohort=None):
-        """Add the fine map of the main map (:data:`~napari_histokd._layers.MAIN_MAPS`: the risk
-        contribution, else attention, else the top pathway, else the first memory component) as
-        one multiscale layer; it becomes the shown map, the coarse one is hidden."""
+        """Add the fine map of the main map (:data:`~napari_histokd._layers.MAIN_MAPS`: the
+        per-patch contribution, else attention, else the top pathway, else the first memory
+        component) as one multiscale layer; it becomes the shown map, the coarse one is hidden."""
         from napari_histokd._layers import fine_map_layer
 
         keys = list(fine.maps)
@@ -566,7 +566,7 @@ class AnalyseWidget(QWidget):
         if key == "memory":
             return "memory components"
         if key == "contribution":
-            return "risk contribution per patch"
+            return "contribution per patch"
         return key
 
     def _fill_pathways(self):
