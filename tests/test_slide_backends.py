@@ -103,6 +103,12 @@ def test_region_array_reads_exactly_the_slice_asked_for():
     np.testing.assert_array_equal(level.compute(), source)
     np.testing.assert_array_equal(array[10:20, 30:35], source[10:20, 30:35])
     assert calls[-1] == (30, 10, 5, 10)
+    # indexed as numpy indexes (the same reader as a tiled TIFF level): ints, steps, ...
+    np.testing.assert_array_equal(array[5, 30:35], source[5, 30:35])
+    np.testing.assert_array_equal(array[10:40:3, ..., 0], source[10:40:3, ..., 0])
+    assert calls[-1] == (0, 10, 500, 30)  # one read of the selection's box
+    n = len(calls)
+    assert array[20:10, 3:7].shape == (0, 4, 3) and len(calls) == n  # empty: nothing read
 
 
 def test_rgba_compositing_keeps_opaque_pixels_and_fills_transparent_ones():

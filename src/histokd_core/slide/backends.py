@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from histokd_core.errors import SlideError
-from histokd_core.slide.tiles import TiledLevel, TileFile, tiled_rgb_page
+from histokd_core.slide.tiles import TiledLevel, TileFile, read_indexed, tiled_rgb_page
 
 #: Backend names accepted by ``open_slide(..., backend=...)``; "auto" picks one per file.
 BACKENDS = ("tiffslide", "openslide", "wsidicom")
@@ -111,19 +111,15 @@ class RegionArray:
         self._read = read
 
     def __getitem__(self, key) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        key = key + (slice(None),) * (3 - len(key))
-        ys, xs, cs = key
-        if not (isinstance(ys, slice) and isinstance(xs, slice)):
-            raise TypeError("RegionArray supports slices only")
-        y0, y1, ystep = ys.indices(self.shape[0])
-        x0, x1, xstep = xs.indices(self.shape[1])
-        if ystep != 1 or xstep != 1:
-            raise TypeError("RegionArray supports unit-step slices only")
+        """``array[key]``: int, slice (positive steps) and ``...`` indices, as numpy gives them
+        (:func:`~histokd_core.slide.tiles.read_indexed`: one read of the selection's box)."""
+        return read_indexed(key, self.shape, self._read_box)
+
+    def _read_box(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` (``(h, w, 3)``); an empty box reads nothing."""
         if y1 <= y0 or x1 <= x0:
-            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)[:, :, cs]
-        return self._read(x0, y0, x1 - x0, y1 - y0)[:, :, cs]
+            return np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+        return self._read(x0, y0, x1 - x0, y1 - y0)
 
 
 # -- choosing a backend ------------------------------------------------------------------------
