@@ -293,9 +293,10 @@ def test_linear_student_trains_with_its_own_settings():
 
 def test_linear_student_checkpoint_keys_and_an_earlier_checkpoint_loads(tmp_path):
     """The checkpoint holds ``linear.weight``, ``linear.bias``, ``mu`` and ``sd`` (not the
-    teacher), the names the linear student has always saved, so a checkpoint written before it
-    became a MeanPoolLinear (tensors written by hand here) loads and predicts
-    ``w . (mean x - mu) / sd + b``."""
+    teacher), the names the linear student has always saved, and the pathway head's buffers; a
+    checkpoint written before either change (before it became a MeanPoolLinear and before the
+    pathway head: tensors written by hand here) loads, predicts ``w . (mean x - mu) / sd + b`` and
+    explains itself without pathway maps."""
     from histokd_core.train.checkpoint import load_model, model_state, save_checkpoint
 
     info = small_info()
@@ -303,7 +304,11 @@ def test_linear_student_checkpoint_keys_and_an_earlier_checkpoint_loads(tmp_path
     by_name = {s.name: s for s in stages(cfg)}
     teacher = by_name["teacher"].build(info, {})
     student = by_name["linear_student"].build(info, {"teacher": teacher})
-    assert set(model_state(student)) == {"linear.weight", "linear.bias", "mu", "sd"}
+    assert set(model_state(student)) == {"linear.weight", "linear.bias", "mu", "sd",
+                                         "pathway_weight", "pathway_mu", "pathway_sd",
+                                         "pathway_cov"}
+    assert set(model_state(by_name["linear_student_no_kd"].build(info, {}))) == {
+        "linear.weight", "linear.bias", "mu", "sd"}
     g = torch.Generator().manual_seed(3)
     w, b = torch.randn(1, info.feat_dim, generator=g), torch.tensor([0.25])
     mu, sd = torch.randn(info.feat_dim, generator=g), torch.rand(info.feat_dim, generator=g) + 0.5
@@ -318,3 +323,6 @@ def test_linear_student_checkpoint_keys_and_an_earlier_checkpoint_loads(tmp_path
     expected = w[0] @ ((bag.feats.mean(0) - mu) / sd) + b[0]
     torch.testing.assert_close(pred.risk, expected)
     torch.testing.assert_close(pred.contribution.sum(), expected - b[0])
+    expl = loaded.explain(bag)
+    assert expl.pathway_maps == {} and expl.pathway_scores == {} and expl.pathway_unit is None
+    assert set(model_state(loaded)) == {"linear.weight", "linear.bias", "mu", "sd"}

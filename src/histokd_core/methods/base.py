@@ -65,8 +65,14 @@ class Explanation:
         not a sum over patches); contribution_unit : that output and its unit, as the colour bar
         shows it (``Prediction.contribution_unit``, e.g. ``"risk contribution (log-hazard)"``),
         or None when unstated.
-    pathway_maps : pathway name -> ``(n,)`` float attention of that pathway over patches.
-    pathway_scores : pathway name -> float, overall importance (for ranking, high first).
+    pathway_maps : pathway name -> ``(n,)`` float map of that pathway over patches: its
+        attention (sums to 1) when ``pathway_unit`` is None, else each patch's signed contribution
+        to the pathway's predicted activity (sums to it minus the head's bias), in
+        ``pathway_unit``.
+    pathway_unit : None (the pathway maps are attention) or the unit of the signed pathway maps,
+        as a colour bar shows it (e.g. ``"pathway activity contribution (SD)"``).
+    pathway_scores : pathway name -> float, overall importance (ranked by absolute value, high
+        first; its sign and unit are the model's, see its ``explain``).
     clusters : map name (e.g. "tumor", "tme") -> ``(n,)`` int cluster id per patch (-1 = none).
     memory : ``(K, n)`` activation of each memory component per patch, or None;
         memory_names : K names ("C+0", ..., "C-15").
@@ -81,6 +87,7 @@ class Explanation:
     contribution: np.ndarray | None = None
     contribution_unit: str | None = None
     pathway_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    pathway_unit: str | None = None
     pathway_scores: dict[str, float] = field(default_factory=dict)
     clusters: dict[str, np.ndarray] = field(default_factory=dict)
     memory: np.ndarray | None = None
@@ -119,6 +126,11 @@ class BagModel(nn.Module):
         ``train``, hence no annotation) of this model in a run whose settings are ``config``:
         ``config`` itself unless the model needs its own (e.g. a linear student's step size)."""
         return config
+
+    def match_state(self, keys: set[str]) -> None:
+        """Called with a checkpoint's tensor names before its weights are loaded (strictly): a
+        model whose layout grew since older checkpoints were written drops what such a file lacks
+        (e.g. a head added later), so the file still loads. Default: nothing."""
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer at the start of every epoch (0-based), e.g. for warm-up schedules."""

@@ -61,10 +61,15 @@ class MeanPoolLinear(BagModel):
         self.mu.copy_(means.mean(0))
         self.sd.copy_(means.std(0, unbiased=False).clamp_min(1e-6))
 
+    def standardised_mean(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(F,)`` the standardised mean patch feature ``(mean_n(x_n) - mu) / sd`` of one bag's
+        ``feats (n, F)``, the input of every linear map here."""
+        x = feats.to(self.mu.device, torch.float32).mean(0)
+        return (x - self.mu) / self.sd
+
     def forward_feats(self, feats: torch.Tensor) -> torch.Tensor:
         """``(n_out,)`` output of one bag's ``feats (n, F)``."""
-        x = feats.to(self.mu.device, torch.float32).mean(0)
-        return self.linear((x - self.mu) / self.sd)
+        return self.linear(self.standardised_mean(feats))
 
     def penalty(self) -> torch.Tensor:
         """``l2 * ||W||^2`` (0-d)."""

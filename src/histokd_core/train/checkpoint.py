@@ -53,7 +53,11 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` (from :func:`model_state`) strictly; a mismatch raises CheckpointError."""
+    """Load ``state`` (from :func:`model_state`) strictly, after the model's
+    :meth:`~histokd_core.methods.base.BagModel.match_state` saw its names; a mismatch raises
+    CheckpointError."""
+    if isinstance(model, BagModel):
+        model.match_state(set(state))
     skip = tuple(frozen_prefixes(model))
     expected = {k for k in model.state_dict() if not (skip and k.startswith(skip))}
     missing = sorted(expected - set(state))

@@ -48,6 +48,12 @@ class Config:
         folds, docs/benchmarks.md "Distillation"); linear_l2 : their ridge penalty on the weights (0.05);
         linear_lr, linear_epochs, linear_patience : their own training settings (2e-2, 100, 30),
         in place of the run's.
+    linear_pathway_weight : weight ``lambda`` of the distilled linear student's pathway head
+        objective ``lambda * sum_p MSE_p + linear_l2 * ||V||^2`` (1.0): a ridge regression of each
+        training case's standardised pathway activity on the same standardised mean patch feature
+        the risk reads, solved exactly in ``prepare`` (:mod:`.linear_student`); it gives the
+        student slide-only pathway maps and scores and does not touch the risk weights. 0 = no
+        head (no pathway maps); the ablation ``linear_student_no_kd`` never has one.
     teacher_targets : ``"in_sample"`` (default: the fold's teacher gives every training case's
         distillation targets) or ``"cross_fit"`` (each training case's targets come from one of
         ``inner_folds`` teachers trained without it; stage ``teacher_cf``).
@@ -80,6 +86,7 @@ class Config:
     linear_lr: float = 2e-2
     linear_epochs: int = 100
     linear_patience: int = 30
+    linear_pathway_weight: float = 1.0
     teacher_targets: str = "in_sample"
     inner_folds: int = 4
     max_train_patches: int | None = 4096
@@ -103,10 +110,12 @@ class Config:
             raise ConfigError(
                 f"amkd ge_target must be 'patch' or 'pathway', got {self.ge_target!r}"
             )
-        if self.linear_l2 < 0 or self.linear_lr <= 0 or self.linear_epochs < 1:
+        if (self.linear_l2 < 0 or self.linear_lr <= 0 or self.linear_epochs < 1
+                or self.linear_pathway_weight < 0):
             raise ConfigError(
-                "amkd linear_l2 must be >= 0, linear_lr > 0 and linear_epochs >= 1, got "
-                f"{self.linear_l2} / {self.linear_lr} / {self.linear_epochs}"
+                "amkd linear_l2 must be >= 0, linear_lr > 0, linear_epochs >= 1 and "
+                f"linear_pathway_weight >= 0, got {self.linear_l2} / {self.linear_lr} / "
+                f"{self.linear_epochs} / {self.linear_pathway_weight}"
             )
         if self.distill_loss not in ("paper", "risk") or self.kd_weight < 0:
             raise ConfigError(

@@ -14,6 +14,24 @@ alike, so :meth:`LinearStudent.predict` reports a uniform attention ``1/n``; whe
 decided shows in its per-patch risk contribution ``c_n = w . (x_n - mu) / sd / n`` ``(n,)``
 (log-hazard, the risk's unit; ``sum_n c_n = risk - b``), which ``predict`` reports as
 ``Prediction.contribution``. ``predict`` never reads ``bag.omics``.
+
+Pathway head (distilled stage only, ``Config.linear_pathway_weight > 0`` and pathways in the
+data; the ablation never reads expression, so it has none): ``V (P, F)`` on the same
+standardised mean feature ``z = (mean_n(x_n) - mu) / sd`` predicts each pathway's activity
+``a_p`` = the mean of the case's (training-fold normalised) expression over the pathway's genes,
+standardised over the training cases (``pathway_mu, pathway_sd`` ``(P,)``, buffers). ``V``
+minimises ``lambda * sum_p mean_i (v_p . z_i - a_ip)^2 + linear_l2 * ||V||^2`` (``lambda`` =
+``linear_pathway_weight``; the ridge of ``w``), solved exactly in :meth:`LinearStudent.prepare`
+on the training cases, ``v_p = (Z^T Z + (linear_l2 N / lambda) I)^+ Z^T a_p`` (``Z (N, F)``); no
+bias, since ``z`` and ``a`` are both centred over those cases. It is a separate linear map on the
+same input, fitted before and apart from the risk's training, so ``w`` trains exactly as without
+it. :meth:`LinearStudent.explain` gives, from the slide alone, ``pathway_maps[p]`` = each patch's
+contribution ``v_p . z_n / n`` to the predicted activity (SD of the pathway's training-case
+activity; summing to the prediction) and ``pathway_scores[p]`` = ``w^T C v_p`` with ``C = Z^T Z /
+N`` (kept as ``pathway_cov = C V^T`` ``(F, P)``): the covariance over the training cases between
+the student's risk and the pathway's predicted activity, log-hazard x SD (without the ridge,
+exactly the slope of the risk on the pathway's true standardised activity over the training cases,
+log-hazard per SD, as ``Z v_p`` is then ``a_p``'s projection on the features the risk reads).
 """
 
 from __future__ import annotations
@@ -23,16 +41,21 @@ from collections.abc import Sequence
 import torch
 
 from histokd_core.bag import Bag, DataInfo
-from histokd_core.errors import HistoKDError
+from histokd_core.errors import DataError, HistoKDError
 from histokd_core.methods.amkd.losses import risk_regression_loss
-from histokd_core.methods.amkd.shared import batch_cox, subsample
-from histokd_core.methods.base import Prediction
+from histokd_core.methods.amkd.shared import batch_cox, pathway_names, ranked_pathways, subsample
+from histokd_core.methods.base import Explanation, Prediction
 from histokd_core.methods.crossfit import case_teacher
 from histokd_core.methods.linear import MeanPoolLinear
 
 #: what :meth:`LinearStudent.predict`'s contribution map adds up to, and its unit
 #: (``Prediction.contribution_unit``).
 CONTRIBUTION_UNIT = "risk contribution (log-hazard)"
+#: what each of :meth:`LinearStudent.explain`'s pathway maps adds up to, and its unit
+#: (``Explanation.pathway_unit``): the pathway's predicted activity, in SD over the training cases.
+PATHWAY_UNIT = "pathway activity contribution (SD)"
+#: the pathway head's buffers (None without a head; a checkpoint written before the head lacks them)
+_HEAD = ("pathway_weight", "pathway_mu", "pathway_sd", "pathway_cov")
 
 
 class LinearStudent(MeanPoolLinear):
@@ -55,6 +78,78 @@ class LinearStudent(MeanPoolLinear):
         if teacher is not None:
             teacher.requires_grad_(False).eval()
         self.teacher = teacher
+        head = (distill and bool(info.pathways) and info.n_genes > 0
+                and config.linear_pathway_weight > 0)
+        p, f = len(info.pathways), info.feat_dim
+        self.pathway_names = pathway_names(info) if head else []
+        genes = None
+        if head:  # (P, g): row p averages the expression over pathway p's genes
+            genes = torch.zeros(p, info.n_genes)
+            for i, idx in enumerate(info.pathways):
+                idx = torch.as_tensor(idx, dtype=torch.long).unique()
+                genes[i, idx] = 1.0 / max(len(idx), 1)
+        self.register_buffer("gene_means", genes, persistent=False)
+        for name, shape in zip(_HEAD, ((p, f), (p,), (p,), (f, p))):
+            self.register_buffer(name, torch.zeros(shape) if head else None)
+        if head:
+            self.pathway_sd.fill_(1.0)
+
+    def match_state(self, keys: set[str]) -> None:
+        """A checkpoint written before the pathway head (no ``pathway_weight``) loads without it:
+        the model then predicts as before and gives no pathway maps."""
+        if self.pathway_weight is not None and "pathway_weight" not in keys:
+            for name in (*_HEAD, "gene_means"):
+                self.register_buffer(name, None)
+            self.pathway_names = []
+
+    def pathway_targets(self, bags: Sequence[Bag]) -> torch.Tensor:
+        """``(N, P)`` each case's pathway activities standardised with ``pathway_mu, pathway_sd``
+        (the training cases' after :meth:`prepare`); reads ``bag.omics`` (training only)."""
+        raw = self._raw_activities(bags)
+        return (raw - self.pathway_mu.cpu().double()) / self.pathway_sd.cpu().double()
+
+    def _raw_activities(self, bags: Sequence[Bag]) -> torch.Tensor:
+        """``(N, P)`` float64 on the CPU: the mean expression over each pathway's genes."""
+        rows = []
+        for b in bags:
+            if b.omics is None:
+                raise DataError(f"case {b.case_id}: the linear student's pathway head trains on "
+                                "expression (bag.omics is None)")
+            rows.append(self.gene_means.cpu().double() @ b.omics.detach().cpu().double())
+        return torch.stack(rows)
+
+    def prepare(self, train_bags: Sequence[Bag], seed: int = 0) -> None:
+        """Fit ``mu, sd`` (:class:`MeanPoolLinear`) and, with a pathway head, the activities'
+        ``pathway_mu, pathway_sd`` and ``V`` (exact ridge solution, module docstring) on the
+        training cases."""
+        super().prepare(train_bags, seed)
+        if self.pathway_weight is None:
+            return
+        raw = self._raw_activities(train_bags)
+        self.pathway_mu.copy_(raw.mean(0))
+        self.pathway_sd.copy_(raw.std(0, unbiased=False).clamp_min(1e-6))
+        a = self.pathway_targets(train_bags)
+        with torch.no_grad():
+            z = torch.stack([self.standardised_mean(b.feats) for b in train_bags]).cpu().double()
+        n, f = z.shape
+        gram = z.T @ z
+        ridge = self.l2 * n / self.config.linear_pathway_weight
+        v = torch.linalg.pinv(gram + ridge * torch.eye(f, dtype=gram.dtype),
+                              hermitian=True) @ (z.T @ a)  # (F, P)
+        self.pathway_weight.copy_(v.T)
+        self.pathway_cov.copy_(gram / n @ v)
+
+    def pathway_contributions(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(P, n)`` each patch's contribution ``v_p . (x_n - mu) / sd / n`` to each pathway's
+        predicted activity (SD of its training-case activity; row ``p`` sums to ``v_p . z``)."""
+        x = (feats.to(self.mu.device, torch.float32) - self.mu) / self.sd
+        return (self.pathway_weight @ x.T) / x.shape[0]
+
+    def pathway_scores(self) -> torch.Tensor:
+        """``(P,)`` ``w^T C v_p``: covariance over the training cases of the risk (log-hazard)
+        with each pathway's predicted activity (SD); > 0: higher predicted activity goes with a
+        higher risk (module docstring)."""
+        return self.linear.weight[0] @ self.pathway_cov
 
     def loss(self, bags: Sequence[Bag]) -> dict[str, torch.Tensor]:
         # the AMKD student's patch subsample (``max_train_patches``), shared with the teacher
@@ -90,3 +185,19 @@ class LinearStudent(MeanPoolLinear):
                           attention=self.uniform_attention(bag),
                           contribution=self.contributions(bag.feats, one),
                           contribution_unit=CONTRIBUTION_UNIT)
+
+    def explain(self, bag: Bag) -> Explanation:
+        """:meth:`predict`'s maps (uniform attention, risk contribution) and, with a pathway head,
+        the ``Config.explain_top_pathways`` pathways by ``|score|`` as signed maps
+        (:meth:`pathway_contributions`, ``pathway_unit`` :data:`PATHWAY_UNIT`) with every
+        pathway's score (:meth:`pathway_scores`); never reads ``bag.omics``."""
+        expl = super().explain(bag)
+        if self.pathway_weight is None:
+            return expl
+        with torch.no_grad():
+            maps = self.pathway_contributions(bag.feats)
+            scores = self.pathway_scores().float().cpu().numpy()
+        expl.pathway_maps, expl.pathway_scores, expl.top_patches = ranked_pathways(
+            self.pathway_names, maps, scores, self.config.explain_top_pathways)
+        expl.pathway_unit = PATHWAY_UNIT
+        return expl

@@ -63,14 +63,24 @@ def pathway_explanation(
     top: int,
 ) -> Explanation:
     """Explanation with the ``top`` pathways (by |score|) as maps ``(n,)`` and all scores."""
-    order = np.argsort(-np.abs(scores))[:top]
-    maps_np = maps.detach().float().cpu().numpy()
+    path_maps, path_scores, top_patches = ranked_pathways(names, maps, scores, top)
     return Explanation(
         coords=bag.coords.cpu().numpy(),
         patch_size=bag.patch_size,
         attention=attention.detach().float().cpu().numpy(),
-        pathway_maps={names[i]: maps_np[i] for i in order},
-        pathway_scores={names[i]: float(scores[i]) for i in range(len(names))},
-        top_patches={names[i]: np.argsort(-maps_np[i])[:8] for i in order},
+        pathway_maps=path_maps,
+        pathway_scores=path_scores,
+        top_patches=top_patches,
         risk=risk,
     )
+
+
+def ranked_pathways(names: Sequence[str], maps: torch.Tensor, scores: np.ndarray, top: int):
+    """The ``top`` pathways by ``|scores|`` (``(P,)``): their maps (name -> ``(n,)`` of ``maps
+    (P, n)``), every pathway's score (name -> float) and each shown map's 8 highest patches
+    (name -> indices)."""
+    order = np.argsort(-np.abs(scores))[:top]
+    maps_np = maps.detach().float().cpu().numpy()
+    return ({names[i]: maps_np[i] for i in order},
+            {names[i]: float(scores[i]) for i in range(len(names))},
+            {names[i]: np.argsort(-maps_np[i])[:8] for i in order})
