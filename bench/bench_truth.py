@@ -16,6 +16,8 @@ that fold's student (``histokd_core.explain.truth``):
    Cox-only ablation ``linear_student_no_kd``; ``histokd_core.explain.truth.contribution_aurocs``):
    pixel AUROC of each patch's contribution against the risk-raising tumour region, of minus it
    against the protective immune region, and of ``|c - median|`` against every planted region;
+   and for ``linear_student``'s pathway head (signed maps: each patch's contribution to the
+   predicted pathway activity) measures 2 and 3 as for the paper's student;
 5. **clusters** (``--subspace``): adjusted Rand index of the tumour and TME cluster maps against
    the planted region type under each patch.
 
@@ -128,13 +130,36 @@ def regions_of(data: Path) -> dict[str, list[PlantedRegion]]:
     return out
 
 
+def planted_pathways(data: Path) -> tuple[dict[int, list[str]], list[str]]:
+    """The planted driver pathways of each factor (0: tumour sets, 1: TME sets) and the noise
+    pathways of a synthetic cohort's gene sets."""
+    sets = list(read_gene_sets(data / "gene_sets.gmt"))
+    return ({0: [s for s in sets if s in DEFAULT_TUMOR_SETS],
+             1: [s for s in sets if s in DEFAULT_TME_SETS]},
+            [s for s in sets if s.startswith("NOISE_PATHWAY")])
+
+
+def pathway_truth(expl, drivers: dict[int, list[str]], noise: list[str], reg,
+                  dims: tuple[int, int]) -> dict[str, float]:
+    """Pixel AUROC of the best-ranked (``|score|``) driver pathway's map of each factor against
+    that factor's region (NaN when no driver has a map) and the ranking AUROC of drivers over
+    noise pathways, for one slide's explanation."""
+    kw = {"patch_size": expl.patch_size, "slide_dimensions": dims}
+    out = {}
+    for factor in (0, 1):
+        mapped = [p for p in sorted(drivers[factor], key=lambda p: -abs(expl.pathway_scores[p]))
+                  if p in expl.pathway_maps]
+        out[f"pathway factor {factor} ({FACTOR_KINDS[factor]})"] = (
+            pixel_auroc(expl.coords, expl.pathway_maps[mapped[0]], regions=reg,
+                        kinds=[FACTOR_KINDS[factor]], **kw) if mapped else np.nan)
+    out["ranking"] = ranking_auroc(expl.pathway_scores, drivers[0] + drivers[1], noise)
+    return out
+
+
 def score_amkd(seed_dir: Path, data: Path, run: Path, args) -> dict[str, list[float]]:
     from histokd_core.workflows.inference import explain_bag, load_slide_model, read_slide_bag
 
-    sets = list(read_gene_sets(data / "gene_sets.gmt"))
-    drivers = {0: [s for s in sets if s in DEFAULT_TUMOR_SETS],
-               1: [s for s in sets if s in DEFAULT_TME_SETS]}
-    noise = [s for s in sets if s.startswith("NOISE_PATHWAY")]
+    drivers, noise = planted_pathways(data)
     regions = regions_of(data)
     dims = (args.slide_size, args.slide_size)
     out: dict[str, list[float]] = {"attention": [], "pathway factor 0 (tumor)": [],
@@ -148,13 +173,8 @@ def score_amkd(seed_dir: Path, data: Path, run: Path, args) -> dict[str, list[fl
         reg = regions.get(slide_id, [])
         kw = {"patch_size": expl.patch_size, "slide_dimensions": dims}
         out["attention"].append(pixel_auroc(expl.coords, expl.attention, regions=reg, **kw))
-        for factor in (0, 1):
-            mapped = [p for p in sorted(drivers[factor], key=lambda p: -abs(expl.pathway_scores[p]))
-                      if p in expl.pathway_maps]
-            key = f"pathway factor {factor} ({FACTOR_KINDS[factor]})"
-            out[key].append(pixel_auroc(expl.coords, expl.pathway_maps[mapped[0]], regions=reg,
-                                        kinds=[FACTOR_KINDS[factor]], **kw) if mapped else np.nan)
-        out["ranking"].append(ranking_auroc(expl.pathway_scores, drivers[0] + drivers[1], noise))
+        for key, v in pathway_truth(expl, drivers, noise, reg, dims).items():
+            out[key].append(v)
         if args.fine:
             from histokd_core.workflows.fine_maps import fine_maps_slide
 
@@ -186,6 +206,9 @@ def score_contributions(features: Path, data: Path, run: Path,
             for key, v in contribution_aurocs(expl.coords, expl.contribution, expl.patch_size,
                                               dims, reg).items():
                 out.setdefault(f"{stage} contribution {key}", []).append(v)
+            if expl.pathway_maps:  # the distilled stage's pathway head
+                for key, v in pathway_truth(expl, *planted_pathways(data), reg, dims).items():
+                    out.setdefault(f"{stage} {key}", []).append(v)
     return out
 
 
