@@ -11,7 +11,7 @@ import torch
 from histokd_core.bag import Bag, DataInfo
 from histokd_core.errors import ConfigError
 from histokd_core.methods.amkd import Config, stages
-from histokd_core.methods.amkd.linear_student import PATHWAY_UNIT
+from histokd_core.methods.amkd.linear_student import PATHWAY_SCORE_UNIT, PATHWAY_UNIT
 
 SMALL = Config(dim=32, heads=2, dim_head=16, pathway_hidden=16, dropout=0.1, max_train_patches=None)
 
@@ -74,7 +74,8 @@ def test_head_fit_maps_and_scores_by_hand(one_thread):
     zn = ((bag.feats - student.mu) / student.sd).double()
     maps = (zn @ v.T).T / 3
     expl = student.explain(bag)
-    assert expl.pathway_unit == PATHWAY_UNIT
+    assert expl.pathway_unit == PATHWAY_UNIT and expl.pathway_score_unit == PATHWAY_SCORE_UNIT
+    assert expl.pathway_map_kind == "contribution"  # signed, not attention (the paper student's)
     torch.testing.assert_close(student.pathway_contributions(bag.feats).double(), maps,
                                rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(maps.sum(1), v @ ((bag.feats.mean(0) - student.mu)

@@ -80,6 +80,8 @@ def test_student_explains_every_pathway(one_thread):
     ex = student.explain(planted_bags(1, 0)[0])
     assert len(ex.pathway_scores) == 8 and len(ex.pathway_maps) == 8
     assert all(m.shape == (40,) for m in ex.pathway_maps.values())
+    # GGE attention of each query: drawn as attention, scored by gradient x input (the default)
+    assert ex.pathway_map_kind == "attention" and ex.pathway_score_unit is None
     assert float(teacher.explain(planted_bags(1, 0)[0]).attention.sum()) == pytest.approx(1.0, abs=1e-5)
 
 

@@ -276,6 +276,36 @@ def test_train_swap_diagnostic_and_monitor_flags(cohort_dir, tmp_path):
     assert meta["monitor"] == "val_c_index"
 
 
+def test_cohort_scale_of_signed_pathway_maps_keeps_their_unit(tmp_path):
+    """A model whose pathway maps are signed (``Explanation.pathway_unit``): maps.zarr records the
+    unit, the cohort scale of ``pathway:<name>`` is a contribution scale in it; attention pathway
+    maps stay attention; the JSON units name it."""
+    from histokd_core.methods.base import Explanation
+    from histokd_core.workflows.predict import column_units, explanation_table
+    from histokd_core.workflows.predict_cohort import _write_zarr, map_kind, pooled_scales
+
+    coords = np.array([[0, 0], [256, 0], [0, 256]])
+    unit = "pathway activity contribution (SD)"
+
+    def slide(name, values, pathway_unit):
+        expl = Explanation(coords=coords, patch_size=256, pathway_maps={"E2F": np.asarray(values)},
+                           pathway_unit=pathway_unit)
+        cols, table = explanation_table(expl)
+        (tmp_path / name).mkdir()
+        _write_zarr(tmp_path / name / "maps.zarr", expl, cols, table)
+        return tmp_path / name, expl
+
+    (a, expl), (b, _) = slide("a", [0.1, -0.3, 0.05], unit), slide("b", [0.2, 0.0, -0.1], unit)
+    scale = pooled_scales([a, b], ["pathway:E2F"])["pathway:E2F"]
+    assert scale.kind == "contribution" and scale.unit == unit
+    assert scale.high == pytest.approx(-scale.low) and scale.high >= 0.2
+    assert column_units(expl)["pathway:E2F"].startswith(unit)
+    assert map_kind("pathway:E2F") == "attention" and map_kind("pathway:E2F", unit) == "contribution"
+    c, attn = slide("c", [0.5, 0.25, 0.25], None)
+    assert pooled_scales([c], ["pathway:E2F"])["pathway:E2F"].kind == "attention"
+    assert "pathway:E2F" not in column_units(attn)
+
+
 def test_cohort_scale_of_a_contribution_keeps_the_models_unit(tmp_path):
     """Each slide's maps.zarr records the model's contribution unit; the cohort scale pooled over
     the slides carries it (and says so when slides differ, e.g. the predicted class of a K > 2

@@ -391,6 +391,45 @@ def test_a_linear_students_risk_contribution_is_the_main_map(make_napari_viewer,
     assert "log-odds" in viewer.canvas.overlays.text.text.splitlines()[1]
 
 
+def test_a_linear_students_signed_pathway_maps(make_napari_viewer, trained):
+    """Pathway maps that state a unit (the linear AMKD student's: each patch's share of the
+    pathway's predicted activity) are drawn as signed contributions, symmetric around 0 in that
+    unit, not as attention; the score's meaning is the model's."""
+    from histokd_core.methods.amkd.linear_student import PATHWAY_SCORE_UNIT, PATHWAY_UNIT
+    from histokd_core.workflows import Analysis
+    from napari_histokd._widgets.analyse import AnalyseWidget, add_analysis_layers
+
+    viewer = make_napari_viewer(show=True)
+    w = AnalyseWidget(viewer)
+    coords = lattice()
+    n = len(coords)
+    inside = ((coords[:, 0] >= REGION.x0) & (coords[:, 0] < REGION.x1)
+              & (coords[:, 1] >= REGION.y0) & (coords[:, 1] < REGION.y1))
+    maps = {"HALLMARK_E2F_TARGETS": np.where(inside, 0.05, -0.002),
+            "NOISE_PATHWAY_1": np.where(inside, -0.01, 0.001)}
+    expl = Explanation(coords=coords, patch_size=P, attention=np.full(n, 1.0 / n),
+                       contribution=np.where(inside, 0.02, -0.001),
+                       contribution_unit="risk contribution (log-hazard)", pathway_maps=maps,
+                       pathway_scores={"HALLMARK_E2F_TARGETS": 0.4, "NOISE_PATHWAY_1": -0.01},
+                       pathway_unit=PATHWAY_UNIT, pathway_score_unit=PATHWAY_SCORE_UNIT)
+    w.analysis = Analysis(expl, {}, "s", trained.features)
+    w.layers = add_analysis_layers(viewer, w.analysis, MPP, units=("um", "um"))
+    w.show_results()
+    w.show_map("pathway")
+    layer = w.layers["pathway"]
+    scale = layer.metadata["scale"]
+    assert scale["kind"] == "contribution" and scale["unit"] == PATHWAY_UNIT
+    assert layer.contrast_limits == pytest.approx([-0.05, 0.05])
+    assert w.colourbar.caption() == PATHWAY_UNIT
+    assert "0.05 " + PATHWAY_UNIT in w.top_list.item(0).text()  # the value, not x uniform
+    assert "covariance over the training cases" in w.pathways.item(0).toolTip()
+    assert "covariance over the training cases" in w.pathway_unit.text()
+    w.pathways.setCurrentRow(1)
+    assert layer.metadata["pathway"] == "NOISE_PATHWAY_1"
+    assert layer.metadata["scale"]["kind"] == "contribution"
+    assert layer.contrast_limits == pytest.approx([-0.01, 0.01])
+
+
 def test_rerun_replaces_the_previous_layers_and_top_patch_click_moves_the_camera(slide_dock, qtbot, trained):
     viewer, w = slide_dock.viewer, slide_dock.w
     w.checkpoint.setText(str(trained.checkpoint))

@@ -3,7 +3,8 @@
 Every layer is placed with :mod:`histokd_core.slide.geometry` (pixel-centre convention), in the
 slide layer's world units (``world_mpp`` = microns per level-0 px, or 1.0 for a slide shown in
 pixels). Heatmaps are float images in their map's unit (attention: multiples of uniform; a
-contribution: the model's own, ``Explanation.contribution_unit``, on the diverging scale) with
+contribution: the model's own, ``Explanation.contribution_unit``, on the diverging scale; pathway
+maps: attention, or signed contributions in ``Explanation.pathway_unit``) with
 NaN where no patch lies (transparent), the range and colour table of :mod:`histokd_core.explain.colour`, and a lower opacity when the map is
 nearly uniform (so a flat map does not hide the tissue); cluster maps are Labels; memory
 components are one 2-D image showing one component at a time; top patches are a Points layer of
@@ -88,7 +89,7 @@ def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, 
              stride, mode: ScaleMode, cohort: dict[str, MapScale] | None, map_name: str):
     display = to_display(values, map_kind, n_patches=len(expl.coords))
     raster = rasterize(expl.coords, display, expl.patch_size, stride=stride)
-    unit = expl.contribution_unit if map_kind == "contribution" else None
+    unit = map_unit(expl, map_name) if map_kind == "contribution" else None
     scale = layer_scale(display, map_kind, mode, map_name, cohort, unit)
     kwargs = {
         "name": name,
@@ -104,6 +105,12 @@ def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, 
     return raster, (raster.grid.astype(np.float32), kwargs, "image")
 
 
+def map_unit(expl: Explanation, map_name: str) -> str | None:
+    """The unit a signed map states: ``expl.pathway_unit`` for ``"pathway:<name>"`` maps, else
+    ``expl.contribution_unit``."""
+    return expl.pathway_unit if map_name.startswith("pathway:") else expl.contribution_unit
+
+
 def ranked_pathways(expl: Explanation) -> list[str]:
     """Pathway names, largest absolute score first (the sign says the direction; map order when
     unscored)."""
@@ -112,11 +119,12 @@ def ranked_pathways(expl: Explanation) -> list[str]:
 
 
 def pathway_grids(expl: Explanation, stride: int | None = None) -> dict[str, np.ndarray]:
-    """Rasterised pathway maps in multiples of uniform, in rank order (computed once; the widget
-    swaps between them)."""
+    """Rasterised pathway maps in rank order, in display units (attention: multiples of uniform;
+    signed maps: ``expl.pathway_unit``); computed once, the widget swaps between them."""
     n = len(expl.coords)
     return {
-        name: rasterize(expl.coords, to_display(expl.pathway_maps[name], "attention", n), expl.patch_size,
+        name: rasterize(expl.coords, to_display(expl.pathway_maps[name], expl.pathway_map_kind, n),
+                        expl.patch_size,
                         stride=stride).grid.astype(np.float32)
         for name in ranked_pathways(expl)
     }
@@ -136,7 +144,8 @@ def explanation_layers(
     Layers (present when the Explanation has the field): ``contribution`` heatmap (each patch's
     share of the model's output, in ``expl.contribution_unit``, diverging scale), ``attention``
     heatmap and ``pathway`` heatmap (top-ranked pathway; ``metadata["pathway_grids"]`` holds every pathway's grid in rank
-    order), both in multiples of uniform attention (1/n); one Labels per cluster map
+    order), both in multiples of uniform attention (1/n), the pathway maps unless they are signed
+    contributions (``expl.pathway_unit``: diverging scale in that unit); one Labels per cluster map
     (``metadata["legend"]``: cluster id -> patch count, ``metadata["colors"]``: id -> RGB);
     ``memory`` cosine similarities of one component (2-D, so no slider; ``metadata["memory_grids"]``
     holds all ``(K, rows, cols)``, ``metadata["component"]`` the one shown); ``top patches`` Points of the main map
@@ -164,7 +173,7 @@ def explanation_layers(
         grids = pathway_grids(expl, stride)
         first = next(iter(grids))
         _, (data, kwargs, kind) = _heatmap(
-            expl, expl.pathway_maps[first], f"{p}pathway", world_mpp, "pathway", "attention", stride,
+            expl, expl.pathway_maps[first], f"{p}pathway", world_mpp, "pathway", expl.pathway_map_kind, stride,
             scale_mode, cohort, f"pathway:{first}",
         )
         kwargs["metadata"].update(pathway_grids=grids, pathway=first,
@@ -278,7 +287,8 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
     expl = fine.explanation
     n = len(expl.coords)
     kind: MapKind = ("similarity" if key.startswith("memory:") else
-                     "contribution" if key == "contribution" else "attention")
+                     "contribution" if key == "contribution" else
+                     expl.pathway_map_kind if key.startswith("pathway:") else "attention")
     if key == "attention":
         per_patch = expl.attention
     elif key == "contribution":
@@ -289,7 +299,7 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
         per_patch = expl.memory[list(expl.memory_names).index(key.split(":", 1)[1])]
     display = to_display(per_patch, kind, n)
     scale = layer_scale(display, kind, scale_mode, key, cohort,
-                        expl.contribution_unit if kind == "contribution" else None)
+                        map_unit(expl, key) if kind == "contribution" else None)
     factor = float(n) if kind == "attention" else 1.0
     levels = [lvl * np.float32(factor) for lvl in fmap.levels]
     p = f"{prefix} " if prefix else ""

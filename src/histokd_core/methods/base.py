@@ -70,9 +70,12 @@ class Explanation:
         to the pathway's predicted activity (sums to it minus the head's bias), in
         ``pathway_unit``.
     pathway_unit : None (the pathway maps are attention) or the unit of the signed pathway maps,
-        as a colour bar shows it (e.g. ``"pathway activity contribution (SD)"``).
+        as a colour bar shows it (e.g. ``"pathway activity contribution (SD)"``);
+        :attr:`pathway_map_kind` gives the colour kind that follows.
     pathway_scores : pathway name -> float, overall importance (ranked by absolute value, high
-        first; its sign and unit are the model's, see its ``explain``).
+        first; its sign and unit are the model's, see its ``explain``); pathway_score_unit : what
+        the score measures and its sign, in words, or None for gradient x input of the
+        prediction w.r.t. the pathway token (the AMKD teacher's and paper student's).
     clusters : map name (e.g. "tumor", "tme") -> ``(n,)`` int cluster id per patch (-1 = none).
     memory : ``(K, n)`` activation of each memory component per patch, or None;
         memory_names : K names ("C+0", ..., "C-15").
@@ -89,6 +92,7 @@ class Explanation:
     pathway_maps: dict[str, np.ndarray] = field(default_factory=dict)
     pathway_unit: str | None = None
     pathway_scores: dict[str, float] = field(default_factory=dict)
+    pathway_score_unit: str | None = None
     clusters: dict[str, np.ndarray] = field(default_factory=dict)
     memory: np.ndarray | None = None
     memory_names: list[str] = field(default_factory=list)
@@ -96,6 +100,12 @@ class Explanation:
     risk: float | None = None
     probability: float | None = None
     risk_group: str | None = None
+
+    @property
+    def pathway_map_kind(self) -> str:
+        """Colour kind (:mod:`histokd_core.explain.colour`) of the pathway maps: ``"attention"``,
+        or ``"contribution"`` (signed, in ``pathway_unit``) when they state a unit."""
+        return "contribution" if self.pathway_unit else "attention"
 
 
 class BagModel(nn.Module):

@@ -55,13 +55,18 @@ COLUMN_UNITS = {
 def column_units(expl: Explanation) -> dict[str, str]:
     """The unit of each score column of :func:`explanation_table` that has one
     (:data:`COLUMN_UNITS`; the contribution's led by the model's ``expl.contribution_unit``,
-    e.g. ``"risk contribution (log-hazard): the patch's share of that model output, ..."``)."""
+    e.g. ``"risk contribution (log-hazard): the patch's share of that model output, ..."``; a
+    signed pathway map's: ``expl.pathway_unit``)."""
     units = {c: COLUMN_UNITS[c] for c in explanation_table(expl)[0] if c in COLUMN_UNITS}
     if "contribution" in units:
         from histokd_core.explain.colour import UNITS
 
         what = expl.contribution_unit or UNITS["contribution"]
         units["contribution"] = f"{what}: {units['contribution']}"
+    for name in expl.pathway_maps if expl.pathway_unit is not None else ():
+        units[f"pathway:{name}"] = (
+            f"{expl.pathway_unit}: the patch's share of the pathway's predicted activity (the "
+            "patches sum to it; > 0 raises it)")
     return units
 
 

@@ -83,11 +83,14 @@ class CohortMaps:
         return "\n".join(lines)
 
 
-def map_kind(name: str) -> str:
+def map_kind(name: str, pathway_unit: str | None = None) -> str:
     """Colour kind of a map column: attention and pathway maps (attention over patches, sum 1)
-    are ``"attention"``; a per-patch contribution is ``"contribution"``; memory activations are
-    ``"similarity"``."""
-    if name == "attention" or name.startswith("pathway:"):
+    are ``"attention"``; a per-patch contribution, and pathway maps that state a
+    ``pathway_unit`` (signed contributions to a pathway's predicted activity), are
+    ``"contribution"``; memory activations are ``"similarity"``."""
+    if name.startswith("pathway:"):
+        return "contribution" if pathway_unit else "attention"
+    if name == "attention":
         return "attention"
     if name == "contribution":
         return "contribution"
@@ -225,6 +228,8 @@ def _write_zarr(path: Path, expl, cols: list[str], values: np.ndarray) -> None:
              "coords": "level-0 top-left (x, y) px of each patch"}
     if expl.contribution_unit is not None:
         attrs["contribution_unit"] = expl.contribution_unit
+    if expl.pathway_unit is not None:
+        attrs["pathway_unit"] = expl.pathway_unit
     with atomic_path(path) as tmp:
         g = zarr.open_group(tmp, mode="w", attributes=attrs)
         g.create_array("coords", data=np.asarray(expl.coords, dtype=np.int64))
@@ -337,29 +342,32 @@ def pooled_scales(slide_dirs: Sequence[Path], names: Sequence[str]) -> dict[str,
     -------
     map name -> :class:`~histokd_core.explain.colour.MapScale` (``mode="cohort"``, its range from
     :func:`~histokd_core.explain.colour.cohort_scale` over every patch of those slides, in display
-    units: attention and pathway maps as multiples of uniform; a contribution in the model's unit,
-    :func:`contribution_unit`).
+    units: attention and pathway maps as multiples of uniform; a contribution, and signed pathway
+    maps, in the model's unit, :func:`contribution_unit`).
     """
     from histokd_core.explain.colour import cohort_scale, to_display
 
     scales: dict[str, Any] = {}
+    pathway_unit = contribution_unit(slide_dirs, "pathway_unit")
     for name in names:
-        kind = map_kind(name)
+        kind = map_kind(name, pathway_unit)
         values = [v for d in slide_dirs if (v := _read_map(d, name)) is not None]
-        unit = contribution_unit(slide_dirs) if kind == "contribution" else None
+        unit = (None if kind != "contribution" else pathway_unit if name.startswith("pathway:")
+                else contribution_unit(slide_dirs))
         if values:
             scales[name] = cohort_scale([to_display(v, kind, len(v)) for v in values], kind,
                                         unit=unit)
     return scales
 
 
-def contribution_unit(slide_dirs: Sequence[Path]) -> str | None:
-    """The contribution unit the model stated for the slides' ``maps.zarr`` (one model, one unit;
+def contribution_unit(slide_dirs: Sequence[Path], attr: str = "contribution_unit") -> str | None:
+    """The contribution unit the model stated for the slides' ``maps.zarr`` (``attr``:
+    ``"contribution_unit"``, or ``"pathway_unit"`` for signed pathway maps; one model, one unit;
     a class-wise unit, e.g. the predicted class's centred logit, can differ between slides, and
     then the scale says so); None when none states one."""
     import zarr
 
-    stated = (zarr.open_group(d / "maps.zarr", mode="r").attrs.get("contribution_unit")
+    stated = (zarr.open_group(d / "maps.zarr", mode="r").attrs.get(attr)
               for d in slide_dirs if (d / "maps.zarr").is_dir())
     units = sorted({u for u in stated if u})
     if len(units) > 1:

@@ -577,11 +577,13 @@ class AnalyseWidget(QWidget):
             meta = self.analysis.meta.get("data_info", {}) if self.analysis else {}
             drivers = set(meta.get("driver_pathways", []))
             task = meta.get("task", "survival")
+            score_unit = self.analysis.explanation.pathway_score_unit or PATHWAY_SCORE_UNIT
+            self.pathway_unit.setText(f"score: {score_unit}")
             for rank, (name, score) in enumerate(layer.metadata["pathway_scores"].items(), 1):
                 short = name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "\u2026"
                 item = QListWidgetItem(f"{rank}. {short}   {pathway_score_text(score, task)}")
                 item.setData(Qt.ItemDataRole.UserRole, name)
-                tip = f"{name}\nscore {score:+.4g}: {PATHWAY_SCORE_UNIT}"
+                tip = f"{name}\nscore {score:+.4g}: {score_unit}"
                 if name in drivers:
                     font = QFont()
                     font.setBold(True)
@@ -655,7 +657,7 @@ class AnalyseWidget(QWidget):
             return "contribution", np.asarray(expl.contribution, dtype=np.float64)
         if key == "pathway":
             name = self.layers["pathway"].metadata["pathway"]
-            return name, to_display(expl.pathway_maps[name], "attention", n)
+            return name, to_display(expl.pathway_maps[name], expl.pathway_map_kind, n)
         if key == "memory":
             k = int(self.layers["memory"].metadata["component"])
             name = self.layers["memory"].metadata["memory_names"][k]
@@ -711,9 +713,10 @@ class AnalyseWidget(QWidget):
         layer = self.layers["pathway"]
         grid = layer.metadata["pathway_grids"][name]
         expl = self.analysis.explanation
-        display = to_display(expl.pathway_maps[name], "attention", len(expl.coords))
-        scale = layer_scale(display, "attention", layer.metadata["scale"]["mode"], f"pathway:{name}",
-                            layer.metadata.get("cohort_scales"))
+        kind = expl.pathway_map_kind
+        display = to_display(expl.pathway_maps[name], kind, len(expl.coords))
+        scale = layer_scale(display, kind, layer.metadata["scale"]["mode"], f"pathway:{name}",
+                            layer.metadata.get("cohort_scales"), expl.pathway_unit)
         layer.data = grid
         layer.contrast_limits = scale.contrast_limits
         layer.opacity = map_opacity(scale)

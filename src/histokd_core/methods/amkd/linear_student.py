@@ -54,6 +54,10 @@ CONTRIBUTION_UNIT = "risk contribution (log-hazard)"
 #: what each of :meth:`LinearStudent.explain`'s pathway maps adds up to, and its unit
 #: (``Explanation.pathway_unit``): the pathway's predicted activity, in SD over the training cases.
 PATHWAY_UNIT = "pathway activity contribution (SD)"
+#: what :meth:`LinearStudent.pathway_scores` measures (``Explanation.pathway_score_unit``).
+PATHWAY_SCORE_UNIT = ("covariance over the training cases of the predicted risk (log-hazard) "
+                      "with the pathway's activity predicted from the slide (SD): + higher "
+                      "predicted activity goes with a higher risk, - with a lower one")
 #: the pathway head's buffers (None without a head; a checkpoint written before the head lacks them)
 _HEAD = ("pathway_weight", "pathway_mu", "pathway_sd", "pathway_cov")
 
@@ -190,7 +194,8 @@ class LinearStudent(MeanPoolLinear):
         """:meth:`predict`'s maps (uniform attention, risk contribution) and, with a pathway head,
         the ``Config.explain_top_pathways`` pathways by ``|score|`` as signed maps
         (:meth:`pathway_contributions`, ``pathway_unit`` :data:`PATHWAY_UNIT`) with every
-        pathway's score (:meth:`pathway_scores`); never reads ``bag.omics``."""
+        pathway's score (:meth:`pathway_scores`, ``pathway_score_unit``
+        :data:`PATHWAY_SCORE_UNIT`); never reads ``bag.omics``."""
         expl = super().explain(bag)
         if self.pathway_weight is None:
             return expl
@@ -199,5 +204,5 @@ class LinearStudent(MeanPoolLinear):
             scores = self.pathway_scores().float().cpu().numpy()
         expl.pathway_maps, expl.pathway_scores, expl.top_patches = ranked_pathways(
             self.pathway_names, maps, scores, self.config.explain_top_pathways)
-        expl.pathway_unit = PATHWAY_UNIT
+        expl.pathway_unit, expl.pathway_score_unit = PATHWAY_UNIT, PATHWAY_SCORE_UNIT
         return expl
