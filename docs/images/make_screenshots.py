@@ -284,7 +284,9 @@ def cohort_screenshot(cohort, tmp: Path) -> None:
 def contribution_screenshot(cohort, tmp: Path) -> None:
     """analyse_contribution.png: the distilled linear AMKD student (stage ``linear_student`` of the
     same run) on a synthetic slide its fold held out: each patch's risk contribution, where the
-    planted tumour region raises the risk and the immune region lowers it."""
+    planted tumour region raises the risk and the immune region lowers it; and
+    analyse_linear_pathway.png: the same student's top-ranked pathway map (its slide-only pathway
+    head) with the ranked list."""
     import pandas as pd
 
     ckpt = train_student(cohort, tmp, "amkd", AMKD_CONFIG, "survival").with_name(
@@ -301,6 +303,10 @@ def contribution_screenshot(cohort, tmp: Path) -> None:
     analyse.show_map("contribution")
     viewer.layers.selection.active = analyse.layers["contribution"]
     shoot(viewer, "analyse_contribution.png")
+    analyse.pathways.setCurrentRow(0)
+    viewer.layers.selection.active = analyse.layers["pathway"]
+    analyse.scroll.ensureWidgetVisible(analyse.pathways, 0, 120)
+    shoot(viewer, "analyse_linear_pathway.png")
     viewer.close()
 
 
