@@ -1,4 +1,5 @@
-"""Shared fixtures: the real reference data beside the repository, and display handling."""
+"""Shared fixtures: the real reference data beside the repository, display handling, one torch
+thread for tiny models."""
 
 from __future__ import annotations
 
@@ -121,3 +122,15 @@ def encoder_cache(tmp_path_factory) -> Path:
         os.environ.pop("HISTOKD_CACHE", None)
     else:
         os.environ["HISTOKD_CACHE"] = old
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread: tiny models run fastest so, and do not fight other
+    processes for the cores."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -16,15 +16,6 @@ from histokd_core.methods.amkd.linear_student import PATHWAY_SCORE_UNIT, PATHWAY
 SMALL = Config(dim=32, heads=2, dim_head=16, pathway_hidden=16, dropout=0.1, max_train_patches=None)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_info(feat_dim=4):
     # 3 pathways over 7 genes; gene 6 in none; pathway 2 lists a gene twice (counted once)
     return DataInfo(task="survival", feat_dim=feat_dim, n_genes=7,

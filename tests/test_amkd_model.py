@@ -174,15 +174,6 @@ def _cindex(model, bags):
     return c_index([b.time for b in bags], np.array(risk), [b.event for b in bags])
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_teacher_and_student_learn_planted_signal(one_thread):
     torch.manual_seed(0)
     info = small_info()

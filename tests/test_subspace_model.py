@@ -161,15 +161,6 @@ def _auc(scores, labels):
     return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest single-threaded (the test machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_student_learns_planted_signal(one_thread):
     torch.manual_seed(0)
     rng = np.random.default_rng(5)

@@ -31,6 +31,12 @@ def lattice() -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
 
 
+def in_region(coords: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: the patches whose top-left corner lies in :data:`REGION`."""
+    return ((coords[:, 0] >= REGION.x0) & (coords[:, 0] < REGION.x1)
+            & (coords[:, 1] >= REGION.y0) & (coords[:, 1] < REGION.y1))
+
+
 def planted_feats(coords, box, rng, direction):
     x0, y0, x1, y1 = box
     f = rng.normal(size=(len(coords), D)).astype(np.float32)
@@ -343,8 +349,7 @@ def test_a_linear_students_risk_contribution_is_the_main_map(make_napari_viewer,
     w = AnalyseWidget(viewer)
     coords = lattice()
     n = len(coords)
-    inside = ((coords[:, 0] >= REGION.x0) & (coords[:, 0] < REGION.x1)
-              & (coords[:, 1] >= REGION.y0) & (coords[:, 1] < REGION.y1))
+    inside = in_region(coords)
     contribution = np.where(inside, 0.02, -0.001)
     expl = Explanation(coords=coords, patch_size=P, attention=np.full(n, 1.0 / n),
                        contribution=contribution,
@@ -403,8 +408,7 @@ def test_a_linear_students_signed_pathway_maps(make_napari_viewer, trained):
     w = AnalyseWidget(viewer)
     coords = lattice()
     n = len(coords)
-    inside = ((coords[:, 0] >= REGION.x0) & (coords[:, 0] < REGION.x1)
-              & (coords[:, 1] >= REGION.y0) & (coords[:, 1] < REGION.y1))
+    inside = in_region(coords)
     maps = {"HALLMARK_E2F_TARGETS": np.where(inside, 0.05, -0.002),
             "NOISE_PATHWAY_1": np.where(inside, -0.01, 0.001)}
     expl = Explanation(coords=coords, patch_size=P, attention=np.full(n, 1.0 / n),
