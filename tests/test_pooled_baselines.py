@@ -155,7 +155,7 @@ def test_distilled_rows_read_no_test_expression(planted, task, names):
     assert np.mean(rows[kd]) > 0.55
     # scrambling every test case's expression leaves every fold's value unchanged
     _, _, test_ids = data.folds.split(0)
-    scrambled = data.expression.copy()
+    scrambled = data.expression.astype(np.float64)
     scrambled.loc[list(test_ids)] = np.random.default_rng(0).standard_normal(
         (len(test_ids), scrambled.shape[1]))
     data.expression = scrambled
