@@ -299,11 +299,11 @@ def test_cohort_scale_of_signed_pathway_maps_keeps_their_unit(tmp_path):
     scale = pooled_scales([a, b], ["pathway:E2F"])["pathway:E2F"]
     assert scale.kind == "contribution" and scale.unit == unit
     assert scale.high == pytest.approx(-scale.low) and scale.high >= 0.2
-    assert column_units(expl)["pathway:E2F"].startswith(unit)
+    assert column_units(expl, explanation_table(expl)[0])["pathway:E2F"].startswith(unit)
     assert map_kind("pathway:E2F") == "attention" and map_kind("pathway:E2F", unit) == "contribution"
     c, attn = slide("c", [0.5, 0.25, 0.25], None)
     assert pooled_scales([c], ["pathway:E2F"])["pathway:E2F"].kind == "attention"
-    assert "pathway:E2F" not in column_units(attn)
+    assert "pathway:E2F" not in column_units(attn, explanation_table(attn)[0])
 
 
 def test_cohort_scale_of_a_contribution_keeps_the_models_unit(tmp_path):

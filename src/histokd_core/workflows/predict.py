@@ -52,12 +52,12 @@ COLUMN_UNITS = {
 }
 
 
-def column_units(expl: Explanation) -> dict[str, str]:
-    """The unit of each score column of :func:`explanation_table` that has one
+def column_units(expl: Explanation, cols: Sequence[str]) -> dict[str, str]:
+    """The unit of each score column in ``cols`` (``explanation_table(expl)``'s) that has one
     (:data:`COLUMN_UNITS`; the contribution's led by the model's ``expl.contribution_unit``,
     e.g. ``"risk contribution (log-hazard): the patch's share of that model output, ..."``; a
     signed pathway map's: ``expl.pathway_unit``)."""
-    units = {c: COLUMN_UNITS[c] for c in explanation_table(expl)[0] if c in COLUMN_UNITS}
+    units = {c: COLUMN_UNITS[c] for c in cols if c in COLUMN_UNITS}
     if "contribution" in units:
         from histokd_core.explain.colour import UNITS
 
@@ -269,7 +269,7 @@ def _predict(model, meta: dict, checkpoint, features, slide_id: str | None, out:
     summary["pathway_scores"] = {k: float(v) for k, v in expl.pathway_scores.items()}
     summary["top_patches"] = {k: np.asarray(v).tolist() for k, v in expl.top_patches.items()}
     cols, values = explanation_table(expl)
-    summary["units"] = column_units(expl)
+    summary["units"] = column_units(expl, cols)
     with atomic_path(out, overwrite=overwrite) as tmp:
         pd.DataFrame(values, columns=cols).astype({"x": int, "y": int, "patch_size": int}).to_csv(
             tmp, index=False

@@ -196,7 +196,7 @@ def predict_one(job: dict[str, Any]) -> dict[str, Any]:
                    "method": meta.get("method"),
                    "pathway_scores": {k: float(v) for k, v in expl.pathway_scores.items()},
                    "top_patches": {k: np.asarray(v).tolist() for k, v in expl.top_patches.items()},
-                   "units": column_units(expl)}
+                   "units": column_units(expl, cols)}
         write_json(slide_dir / "maps.json", summary)
         write_json(done, {"checkpoint": job["checkpoint"], "row": pred})
         return {**row, **pred, "status": "done", "reason": "",
