@@ -67,6 +67,11 @@ class MeanPoolLinear(BagModel):
         x = feats.to(self.mu.device, torch.float32).mean(0)
         return (x - self.mu) / self.sd
 
+    def standardised_patches(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(n, F)`` each patch's standardised feature ``z_n = (x_n - mu) / sd`` of one bag's
+        ``feats (n, F)``; per-patch maps share out a linear output through these."""
+        return (feats.to(self.mu.device, torch.float32) - self.mu) / self.sd
+
     def forward_feats(self, feats: torch.Tensor) -> torch.Tensor:
         """``(n_out,)`` output of one bag's ``feats (n, F)``."""
         return self.linear(self.standardised_mean(feats))
@@ -84,7 +89,7 @@ class MeanPoolLinear(BagModel):
         ``direction . (out - b)``, in the output's unit (log-hazard for a Cox risk, logits for
         class scores); ``c_n > 0`` raises that quantity.
         """
-        x = (feats.to(self.mu.device, torch.float32) - self.mu) / self.sd
+        x = self.standardised_patches(feats)
         w = direction.to(self.linear.weight) @ self.linear.weight
         return (x @ w) / x.shape[0]
 

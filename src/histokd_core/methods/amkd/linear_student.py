@@ -109,7 +109,11 @@ class LinearStudent(MeanPoolLinear):
     def pathway_targets(self, bags: Sequence[Bag]) -> torch.Tensor:
         """``(N, P)`` each case's pathway activities standardised with ``pathway_mu, pathway_sd``
         (the training cases' after :meth:`prepare`); reads ``bag.omics`` (training only)."""
-        raw = self._raw_activities(bags)
+        return self._standardised_activities(self._raw_activities(bags))
+
+    def _standardised_activities(self, raw: torch.Tensor) -> torch.Tensor:
+        """``(N, P)`` raw activities (:meth:`_raw_activities`) standardised with ``pathway_mu,
+        pathway_sd``."""
         return (raw - self.pathway_mu.cpu().double()) / self.pathway_sd.cpu().double()
 
     def _raw_activities(self, bags: Sequence[Bag]) -> torch.Tensor:
@@ -132,7 +136,7 @@ class LinearStudent(MeanPoolLinear):
         raw = self._raw_activities(train_bags)
         self.pathway_mu.copy_(raw.mean(0))
         self.pathway_sd.copy_(raw.std(0, unbiased=False).clamp_min(1e-6))
-        a = self.pathway_targets(train_bags)
+        a = self._standardised_activities(raw)
         with torch.no_grad():
             z = torch.stack([self.standardised_mean(b.feats) for b in train_bags]).cpu().double()
         n, f = z.shape
@@ -146,7 +150,7 @@ class LinearStudent(MeanPoolLinear):
     def pathway_contributions(self, feats: torch.Tensor) -> torch.Tensor:
         """``(P, n)`` each patch's contribution ``v_p . (x_n - mu) / sd / n`` to each pathway's
         predicted activity (SD of its training-case activity; row ``p`` sums to ``v_p . z``)."""
-        x = (feats.to(self.mu.device, torch.float32) - self.mu) / self.sd
+        x = self.standardised_patches(feats)
         return (self.pathway_weight @ x.T) / x.shape[0]
 
     def pathway_scores(self) -> torch.Tensor:
