@@ -89,8 +89,8 @@ def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, 
              stride, mode: ScaleMode, cohort: dict[str, MapScale] | None, map_name: str):
     display = to_display(values, map_kind, n_patches=len(expl.coords))
     raster = rasterize(expl.coords, display, expl.patch_size, stride=stride)
-    unit = map_unit(expl, map_name) if map_kind == "contribution" else None
-    scale = layer_scale(display, map_kind, mode, map_name, cohort, unit)
+    scale = layer_scale(display, map_kind, mode, map_name, cohort,
+                        map_unit(expl, map_name, map_kind))
     kwargs = {
         "name": name,
         "colormap": napari_colormap(scale),
@@ -105,9 +105,12 @@ def _heatmap(expl: Explanation, values, name: str, world_mpp: float, kind: str, 
     return raster, (raster.grid.astype(np.float32), kwargs, "image")
 
 
-def map_unit(expl: Explanation, map_name: str) -> str | None:
-    """The unit a signed map states: ``expl.pathway_unit`` for ``"pathway:<name>"`` maps, else
-    ``expl.contribution_unit``."""
+def map_unit(expl: Explanation, map_name: str, kind: MapKind) -> str | None:
+    """The unit the model states for a contribution map (``kind`` ``"contribution"``):
+    ``expl.pathway_unit`` for ``"pathway:<name>"`` maps, else ``expl.contribution_unit``; None
+    for every other kind (its unit is the kind's)."""
+    if kind != "contribution":
+        return None
     return expl.pathway_unit if map_name.startswith("pathway:") else expl.contribution_unit
 
 
@@ -283,12 +286,12 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
     sum to the output of the overlapping bag minus the bias), memory maps as cosine similarity; the
     pyramid stays lazy (dask), scaled on the fly.
     """
+    from histokd_core.workflows.predict_cohort import map_kind
+
     fmap = fine.maps[key]
     expl = fine.explanation
     n = len(expl.coords)
-    kind: MapKind = ("similarity" if key.startswith("memory:") else
-                     "contribution" if key == "contribution" else
-                     expl.pathway_map_kind if key.startswith("pathway:") else "attention")
+    kind: MapKind = map_kind(key, expl.pathway_unit)
     if key == "attention":
         per_patch = expl.attention
     elif key == "contribution":
@@ -298,8 +301,7 @@ def fine_map_layer(fine, key: str, world_mpp: float, prefix: str = "", units: tu
     else:
         per_patch = expl.memory[list(expl.memory_names).index(key.split(":", 1)[1])]
     display = to_display(per_patch, kind, n)
-    scale = layer_scale(display, kind, scale_mode, key, cohort,
-                        map_unit(expl, key) if kind == "contribution" else None)
+    scale = layer_scale(display, kind, scale_mode, key, cohort, map_unit(expl, key, kind))
     factor = float(n) if kind == "attention" else 1.0
     levels = [lvl * np.float32(factor) for lvl in fmap.levels]
     p = f"{prefix} " if prefix else ""
