@@ -134,3 +134,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def load_bench():
+    """``load_bench(name)``: the benchmark script ``bench/<name>.py`` imported as a module (the
+    scripts are not a package), for tests of their pure functions."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -3,27 +3,15 @@ project's reader decodes (correctness only; the benchmark's timings are never te
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import imagecodecs
 import numpy as np
 import tifffile
 
 from histokd_core.slide import open_slide
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_slide.py"
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_slide", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_write_pyramid_decodes_to_the_repeated_tiles(tmp_path):
-    bench = load_bench()
+def test_quick_write_pyramid_decodes_to_the_repeated_tiles(tmp_path, load_bench):
+    bench = load_bench("bench_slide")
     tile, size = 256, 2000  # not a multiple of the tile: edge tiles are cropped
     pool = [imagecodecs.jpeg8_decode(b) for b in bench.encoded_tile_pool(tile=tile)]
     assert len(pool) == 64 and len({p.tobytes() for p in pool}) == 64

@@ -3,26 +3,14 @@ region, drivers over noise), the same for the paper's student and the linear stu
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from histokd_core.methods.base import Explanation
 from histokd_core.synthetic.slides import PlantedRegion
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_truth.py"
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_truth", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_pathway_truth_scores_the_best_ranked_driver_map_and_the_ranking():
-    bench = load_bench()
+def test_pathway_truth_scores_the_best_ranked_driver_map_and_the_ranking(load_bench):
+    bench = load_bench("bench_truth")
     # 4 x 1 patches of 256 px on a slide 1024 px wide, 256 px high: tumour under patch 0, immune under patch 3
     coords = np.array([[0, 0], [256, 0], [512, 0], [768, 0]])
     regions = [PlantedRegion("tumor", 0, 0, 256, 256), PlantedRegion("immune", 0, 768, 256, 1024)]
