@@ -63,9 +63,10 @@ def test_patch_grid_dock_takes_the_mpp_of_a_slide_without_one(make_napari_viewer
     assert "slide um/px" in widget.status.text() and "--mpp" in widget.status.text()
     assert not any(la.name.endswith("patches") for la in viewer.layers)
     widget.mpp.setValue(0.5)  # the user supplies it: now it works, in microns
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    assert widget.start() is not None
+    # wait for the result, not the finished signal (a worker can finish before a later waitSignal
+    # connects)
+    qtbot.waitUntil(lambda: f"{layer.name} patches" in viewer.layers, timeout=120_000)
     assert layer.name == "TCGA-CR-7395-01A-01-TS1" and layer.scale[-1] == 0.5
     assert str(layer.units[-1]) == "micrometer" and layer.metadata["mpp"] == 0.5
     points = viewer.layers[f"{layer.name} patches"]

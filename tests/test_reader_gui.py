@@ -122,9 +122,10 @@ def test_patch_grid_widget_overlay_lands_on_planted_region(make_napari_viewer, q
     widget = PatchGridWidget(viewer)
     assert widget.layer_combo.currentText() == slide_layer.name
     widget.patch_px.setValue(128)
-    worker = widget.start()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    assert widget.start() is not None
+    # wait for the result, not the finished signal (a worker can finish before a later waitSignal
+    # connects)
+    qtbot.waitUntil(lambda: f"{slide_layer.name} patches" in viewer.layers, timeout=60_000)
     points = viewer.layers[f"{slide_layer.name} patches"]
     world = np.asarray([points.data_to_world(p) for p in points.data])
     assert len(world) > 0
